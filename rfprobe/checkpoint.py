@@ -1,0 +1,220 @@
+"""The checkpoint format: one `.pt` file holding a plain dict of tensors and JSON-able values.
+
+    format       "rfprobe.checkpoint/1"
+    arch         registry name, e.g. "cifar_resnet_20"
+    num_classes  int
+    dataset, mode, bn_init, seed, epoch, metrics (dict), hparams (dict)
+    state_dict   the model's state dict
+    masks        (random mode) {param name: bool tensor of trainable elements}
+    ...          anything else JSON-able or a tensor (the trainer adds optimiser and RNG state)
+
+Saved atomically (temp file + rename); loaded with `torch.load(weights_only=True)` only, so a file whose
+pickle references code is refused, never executed. A bare state dict (OpenLTH, torchvision, or a
+`{"state_dict": ...}` / `{"model_state_dict": ...}` wrapper) loads when `arch` names its architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from rfprobe.errors import CheckpointError, RfprobeError
+from rfprobe.models import build_model
+
+FORMAT = "rfprobe.checkpoint/1"
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, on `device`) and everything recorded beside it."""
+
+    path: Path
+    sha256: str
+    arch: str
+    num_classes: int
+    model: nn.Module
+    mode: str = "unknown"
+    dataset: str = "unknown"
+    epoch: int | None = None
+    metrics: dict = field(default_factory=dict)
+    hparams: dict = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    nonfinite: list[str] = field(default_factory=list)
+    """names of tensors holding NaN or inf (loaded anyway, with a warning)"""
+    bare: bool = False
+    """True when the file was a bare state dict, not an rfprobe checkpoint"""
+
+    @property
+    def label(self) -> str:
+        """A short name: the run directory for `final.pt`/`init.pt`/`epoch_XXX.pt`, else the file stem."""
+        if self.path.stem in ("final", "init", "best") or self.path.stem.startswith("epoch_"):
+            return f"{self.path.parent.name}/{self.path.stem}" if self.path.stem != "final" else self.path.parent.name
+        return self.path.stem
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to `<path>.tmp-<pid>`, fsync, then rename over `path`: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str | None = None, num_classes: int | None = None,
+                    **meta: Any) -> Path:
+    """Write `model` and `meta` (JSON-able values or tensors) as an rfprobe checkpoint, atomically."""
+    arch = arch or getattr(model, "rfprobe_arch", None)
+    if arch is None:
+        raise RfprobeError("save_checkpoint needs arch= for a model not built by rfprobe.models.build_model")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if num_classes is None:
+        num_classes = _infer_num_classes(state)
+    payload = {"format": FORMAT, "arch": arch, "num_classes": int(num_classes), **meta, "state_dict": state}
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def _read(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file (did you mean {path}/final.pt?)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (the zip archive has no central directory)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        raise CheckpointError(
+            f"{path}: refused: the file's pickle references code or objects outside plain tensors and "
+            f"containers, which rfprobe never unpickles ({detail})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({message})") from None
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
+    """Rows of the last 2-D weight (the classifier), the convention of every model in the registry."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+    if not weights:
+        raise CheckpointError("cannot infer the number of classes (no 2-D weight); pass --num-classes")
+    return int(weights[-1].shape[0])
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _list(keys, most: int = 6) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:most])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > most else shown
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    """Load `state` strictly, with a one-line error naming missing / unexpected / mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_list(unexpected)}")
+        raise CheckpointError(f"{path}: state dict does not match {arch}: " + "; ".join(parts))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if shapes:
+        raise CheckpointError(f"{path}: state dict does not match {arch}: shape mismatch (file vs model): {_list(shapes, 3)}")
+    model.load_state_dict(state, strict=False)
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, num_classes: int | None = None,
+                    device: str | torch.device = "cpu") -> Checkpoint:
+    """Load an rfprobe checkpoint, or a bare state dict when `arch` names its architecture.
+
+    Raises CheckpointError (one line) for a missing, foreign, truncated or code-carrying file and for
+    keys or shapes that do not match the architecture; warns (and records in `.nonfinite`) on NaN/inf."""
+    path = Path(path)
+    obj = _read(path)
+    bare = not (isinstance(obj, dict) and obj.get("format") == FORMAT)
+    if bare:
+        if isinstance(obj, dict) and isinstance(obj.get("format"), str):
+            raise CheckpointError(f"{path}: unsupported checkpoint format {obj['format']!r} (this rfprobe reads {FORMAT})")
+        state = obj
+        if isinstance(obj, dict) and not _is_state_dict(obj):
+            state = next((obj[k] for k in _WRAPPER_KEYS if _is_state_dict(obj.get(k))), None)
+        if not _is_state_dict(state):
+            raise CheckpointError(f"{path}: not an rfprobe checkpoint and holds no state dict of tensors")
+        if arch is None:
+            raise CheckpointError(f"{path}: a bare state dict with no architecture recorded; pass --arch (e.g. --arch cifar_resnet_20)")
+        state = _strip_prefixes(state)
+        meta: dict[str, Any] = {}
+    else:
+        state = obj.get("state_dict")
+        if not _is_state_dict(state):
+            raise CheckpointError(f"{path}: rfprobe checkpoint without a state_dict of tensors")
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        if arch is not None and arch != meta.get("arch"):
+            warnings.warn(f"{path}: --arch {arch} overrides the recorded architecture {meta.get('arch')}", stacklevel=2)
+        arch = arch or meta.get("arch")
+        if not isinstance(arch, str):
+            raise CheckpointError(f"{path}: checkpoint records no architecture; pass --arch")
+    num_classes = int(num_classes or meta.get("num_classes") or _infer_num_classes(state))
+    model = build_model(arch, num_classes=num_classes)
+    load_state_into(model, state, arch, path)
+    bad = nonfinite_tensors(state)
+    if bad:
+        warnings.warn(f"{path}: {len(bad)} tensor(s) hold NaN or inf values: {_list(bad, 4)}", stacklevel=2)
+    model.to(device).eval()
+    masks = meta.get("masks") or {}
+    return Checkpoint(
+        path=path, sha256=sha256_file(path), arch=arch, num_classes=num_classes, model=model,
+        mode=str(meta.get("mode", "unknown")), dataset=str(meta.get("dataset", "unknown")),
+        epoch=meta.get("epoch"), metrics=dict(meta.get("metrics") or {}), hparams=dict(meta.get("hparams") or {}),
+        masks=dict(masks), meta=meta, nonfinite=bad, bare=bare)

@@ -1,0 +1,177 @@
+"""The `rfprobe` command line: one command per pass; each parses, calls the pass, saves, prints, plots.
+
+Errors in the user's input print one line on stderr and exit with 2; anything else is an internal error
+(exit 1). `--debug` (anywhere on the line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rfprobe import __version__
+from rfprobe.errors import RfprobeError
+
+app = typer.Typer(
+    name="rfprobe",
+    help="Analysis passes over BatchNorm / random-feature checkpoints. Results go to zarr "
+         "(open with xr.open_zarr) and optional figures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+# Options shared by the passes (DESIGN.md "CLI conventions").
+CheckpointsArg = Annotated[list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt, or a bare state dict with --arch")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="architecture of a bare state dict, e.g. cifar_resnet_20, torchvision:resnet50")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="classes of a bare state dict (default: rows of its last 2-D weight)")]
+LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="label per checkpoint (default: run name or file stem)")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs]")]
+DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="download CIFAR through torchvision if missing (needs internet)")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train or test")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="use the first N examples")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="examples per forward pass")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="zarr store to write (default results/<label>/<pass>.zarr)")]
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="also write a figure (.png, .pdf, .svg)")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out / --plot")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout and nothing else")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rfprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks (also accepted after the command)")] = False,
+) -> None:
+    _state["debug"] = _state["debug"] or debug
+
+
+def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: int | None = None, device="cpu"):
+    """Load every checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
+    from rfprobe.checkpoint import load_checkpoint
+
+    loaded = []
+    for path in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded.append(load_checkpoint(path, arch=arch, num_classes=num_classes, device=device))
+        for w in caught:
+            err_console.print(f"rfprobe: warning: {w.message}", highlight=False, markup=False)
+    return loaded
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- info
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Architecture, mode, epoch, metrics, parameter counts by group and the BN layers with their roles."""
+    from rfprobe.sites import find_sites
+    from rfprobe.trainable import GROUPS, parameter_groups, select
+
+    (ckpt,) = load_checkpoints([checkpoint], arch, num_classes)
+    model = ckpt.model
+    sites = find_sites(model)
+    groups = parameter_groups(model, sites)
+    params = dict(model.named_parameters())
+    totals = {g: sum(params[n].numel() for n in params if groups[n] == g) for g in GROUPS}
+    trainable = None
+    if ckpt.mode in ("all", "bn", "bn+output", "output", "none", "gamma", "beta", "random"):
+        also = tuple(ckpt.hparams.get("also") or ())
+        plan = select(model, ckpt.mode, also=also, masks=ckpt.masks or None, sites=sites)
+        trainable = {g: 0 for g in GROUPS}
+        for name in plan.tensors:
+            trainable[groups[name]] += int(plan.masks[name].sum()) if name in plan.masks else params[name].numel()
+    report = {
+        "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "arch": ckpt.arch, "num_classes": ckpt.num_classes,
+        "format": "bare state dict" if ckpt.bare else ckpt.meta.get("format"), "mode": ckpt.mode,
+        "dataset": ckpt.dataset, "epoch": ckpt.epoch, "metrics": ckpt.metrics,
+        "parameters": {"total": sum(totals.values()), **totals},
+        "trainable": None if trainable is None else {"total": sum(trainable.values()), **trainable},
+        "nonfinite_tensors": ckpt.nonfinite,
+        "bn_layers": [{"name": s.name, "depth": s.depth, "stage": s.stage, "block": s.block,
+                       "channels": s.n_channels, "role": s.role} for s in sites.bn],
+    }
+    if json_out:
+        print_json(report)
+        return
+    head = Table(show_header=False, box=None)
+    for key in ("checkpoint", "arch", "num_classes", "format", "mode", "dataset", "epoch"):
+        head.add_row(key, str(report[key]))
+    for key, value in ckpt.metrics.items():
+        head.add_row(f"metrics.{key}", f"{value:.4g}" if isinstance(value, float) else str(value))
+    if ckpt.nonfinite:
+        head.add_row("non-finite", ", ".join(ckpt.nonfinite))
+    console.print(head)
+    counts = Table(title="parameters")
+    counts.add_column("group")
+    counts.add_column("total", justify="right")
+    counts.add_column("trainable", justify="right")
+    for group in ("total", *GROUPS):
+        total = report["parameters"][group]
+        train = "-" if trainable is None else f"{report['trainable'][group]:,}"
+        counts.add_row(group, f"{total:,}", train)
+    console.print(counts)
+    layers = Table(title=f"BatchNorm layers ({len(sites.bn)})")
+    for column in ("#", "layer", "stage", "block", "channels", "role"):
+        layers.add_column(column, justify="right" if column in ("#", "stage", "block", "channels") else "left")
+    for s in sites.bn:
+        layers.add_row(str(s.depth), s.name, str(s.stage), str(s.block), str(s.n_channels), s.role)
+    console.print(layers)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the app, mapping bad input to one stderr line and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        args.remove("--debug")
+        _state["debug"] = True
+    try:
+        app(args=args, prog_name="rfprobe", standalone_mode=True)
+    except RfprobeError as e:
+        if _state["debug"]:
+            raise
+        print(f"rfprobe: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("rfprobe: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # the last line of defence: no traceback without --debug
+        if _state["debug"]:
+            raise
+        print(f"rfprobe: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

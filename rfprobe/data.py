@@ -1,0 +1,332 @@
+"""Datasets held in memory as tensors, and device-side batching with the usual normalisation.
+
+- `cifar10`, `cifar100`: from a data root (argument, else $RFPROBE_DATA, else ~/.cache/rfprobe) in either
+  official format, the python version (`cifar-10-batches-py`, what torchvision downloads) or the binary
+  version (`cifar-10-batches-bin`); `download=True` uses torchvision's downloader.
+- `synthetic`: the embedded default, generated from a seed with no files (see `make_synthetic`).
+- `toy2d[:moons|circles|spirals|blobs]`: 2-D points for MLP partition studies (see `make_toy2d`).
+
+Images are uint8 `(N, 3, 32, 32)`; toy points float32 `(N, 2)`; labels int64. `batches` yields float
+batches on the device, normalised per channel with the dataset's recorded `mean` / `std`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from rfprobe.errors import DataError, RfprobeError
+
+SPLITS = ("train", "test")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel mean / std of the training images (pixel / 255): the constants everyone uses.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.288, 0.288, 0.288)),
+    "toy2d": ((0.0, 0.0), (1.0, 1.0)),
+}
+TOY2D_KINDS = ("moons", "circles", "spirals", "blobs")
+DATASETS = ("cifar10", "cifar100", "synthetic", "toy2d", *(f"toy2d:{k}" for k in TOY2D_KINDS))
+SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}
+
+
+@dataclass(frozen=True)
+class Data:
+    """One split of a dataset, in memory."""
+
+    name: str
+    split: str
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: str | torch.device) -> "Data":
+        return replace(self, x=self.x.to(device), y=self.y.to(device))
+
+    def subset(self, limit: int | None) -> "Data":
+        """The first `limit` examples (the order is fixed, so a subset is reproducible)."""
+        if limit is None or limit >= len(self):
+            return self
+        if limit < 1:
+            raise RfprobeError(f"--limit must be at least 1, got {limit}")
+        return replace(self, x=self.x[:limit], y=self.y[:limit])
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("RFPROBE_DATA") or Path.home() / ".cache" / "rfprobe")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto`: CUDA when available, else CPU; `cuda` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RfprobeError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise RfprobeError(f"unknown --device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """The CIFAR python version is pickled numpy arrays; admit only what those need, never arbitrary code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        raise DataError(f"{path}: unreadable CIFAR python batch ({e})") from None
+
+
+_LAYOUT = {
+    # name: (python dir, python files per split, binary dir, binary files per split, bytes of labels per record, label index)
+    "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+                "cifar-10-batches-bin", {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]},
+                1, 0),
+    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]},
+                 "cifar-100-binary", {"train": ["train.bin"], "test": ["test.bin"]}, 2, 1),
+}
+
+
+def _find_dir(root: Path, name: str, dirname: str) -> Path | None:
+    for candidate in (root / dirname, root, root / name / dirname):
+        if candidate.name == dirname and candidate.is_dir():
+            return candidate
+    return None
+
+
+def _load_python(directory: Path, files: list[str], name: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for file in files:
+        path = directory / file
+        if not path.exists():
+            raise DataError(f"{path}: missing file of the {name} python version")
+        batch = _unpickle(path)
+        labels = batch.get(b"labels", batch.get(b"fine_labels"))
+        if b"data" not in batch or labels is None:
+            raise DataError(f"{path}: not a CIFAR python batch (no data/labels)")
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _load_binary(directory: Path, files: list[str], name: str, label_bytes: int, label_index: int):
+    record = label_bytes + 3072
+    xs, ys = [], []
+    for file in files:
+        path = directory / file
+        if not path.exists():
+            raise DataError(f"{path}: missing file of the {name} binary version")
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size == 0 or raw.size % record:
+            raise DataError(f"{path}: {raw.size} bytes is not a whole number of {record}-byte CIFAR records (truncated?)")
+        raw = raw.reshape(-1, record)
+        ys.append(raw[:, label_index].astype(np.int64))
+        xs.append(raw[:, label_bytes:].reshape(-1, 3, 32, 32))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _cifar100_classes(directory: Path, python: bool) -> tuple[str, ...]:
+    if python and (directory / "meta").exists():
+        return tuple(n.decode() for n in _unpickle(directory / "meta")[b"fine_label_names"])
+    names = directory / "fine_label_names.txt"
+    if names.exists():
+        return tuple(line.strip() for line in names.read_text().splitlines() if line.strip())
+    return tuple(str(i) for i in range(100))
+
+
+def _download(name: str, root: Path) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            cls(root=str(root), train=train, download=True)
+    except Exception as e:  # urllib/HTTP/OS/checksum errors all mean the same thing to the user
+        raise DataError(f"downloading {name} into {root} failed ({type(e).__name__}: {e}); "
+                        "without internet, copy the data there by hand") from None
+
+
+def load_cifar(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False) -> Data:
+    root = Path(root).expanduser() if root else default_root()
+    py_dir, py_files, bin_dir, bin_files, label_bytes, label_index = _LAYOUT[name]
+    found_py, found_bin = _find_dir(root, name, py_dir), _find_dir(root, name, bin_dir)
+    if found_py is None and found_bin is None and download:
+        _download(name, root)
+        found_py = _find_dir(root, name, py_dir)
+    if found_py is not None:
+        x, y = _load_python(found_py, py_files[split], name)
+        classes = CIFAR10_CLASSES if name == "cifar10" else _cifar100_classes(found_py, True)
+        source = found_py
+    elif found_bin is not None:
+        x, y = _load_binary(found_bin, bin_files[split], name, label_bytes, label_index)
+        classes = CIFAR10_CLASSES if name == "cifar10" else _cifar100_classes(found_bin, False)
+        source = found_bin
+    else:
+        raise DataError(
+            f"{name} not found: looked for {py_dir}/ or {bin_dir}/ in {root}"
+            f"{'' if root.exists() else ' (which does not exist)'}; pass --data-root DIR, set RFPROBE_DATA, "
+            f"or add --download (needs internet)")
+    mean, std = NORMALIZATION[name]
+    return Data(name, split, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), classes, mean, std, str(source))
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def make_synthetic(n: int, seed: int = 0, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` 32x32 RGB uint8 images of 10 classes that only spatial structure tells apart.
+
+    Class c is a sinusoidal grating: orientation (c mod 5) * 36 deg (+-6 deg jitter), spatial frequency
+    2.5-3.5 cycles per image for c < 5 and 6-7.5 for c >= 5, random phase. Each image blends two random
+    colours with the grating (background b ~ U[0.15, 0.85]^3, foreground b +- U[0.25, 0.6] per channel,
+    clipped) and adds N(0, 0.08^2) pixel noise. Colours, phase and contrast are drawn independently of
+    the class, so the mean colour carries no information: a classifier must see orientation and
+    frequency. Labels are balanced (n/10 per class up to rounding) in a seeded random order. Train and
+    test use different streams of the same seed."""
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + SPLITS.index(split) + 1)
+    y = torch.arange(n) % 10
+    y = y[torch.randperm(n, generator=generator)]
+    coords = torch.arange(32, dtype=torch.float32) - 15.5
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    images = torch.empty((n, 3, 32, 32), dtype=torch.uint8)
+    for start in range(0, n, 8192):
+        labels = y[start:start + 8192]
+        m = labels.shape[0]
+        u = torch.rand((m, 13), generator=generator)
+        theta = (labels % 5).float() * (math.pi / 5) + (u[:, 0] - 0.5) * (math.pi / 15)
+        cycles = torch.where(labels < 5, 2.5 + u[:, 1], 6.0 + 1.5 * u[:, 1])
+        phase = u[:, 2] * 2 * math.pi
+        along = xx * torch.cos(theta)[:, None, None] + yy * torch.sin(theta)[:, None, None]
+        pattern = 0.5 + 0.5 * torch.sin(2 * math.pi * cycles[:, None, None] * along / 32 + phase[:, None, None])
+        background = 0.15 + 0.7 * u[:, 3:6]
+        sign = torch.where(u[:, 6:9] < 0.5, -1.0, 1.0)
+        foreground = (background + sign * (0.25 + 0.35 * u[:, 9:12])).clamp(0, 1)
+        image = background[:, :, None, None] + (foreground - background)[:, :, None, None] * pattern[:, None]
+        image += 0.08 * torch.randn(image.shape, generator=generator)
+        images[start:start + m] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    return images, y
+
+
+def load_synthetic(split: str, seed: int = 0, n: int | None = None) -> Data:
+    x, y = make_synthetic(n or SYNTHETIC_SIZES[split], seed=seed, split=split)
+    mean, std = NORMALIZATION["synthetic"]
+    classes = tuple(f"{('0', '36', '72', '108', '144')[c % 5]}deg-{'low' if c < 5 else 'high'}" for c in range(10))
+    return Data("synthetic", split, x, y, classes, mean, std, f"generated (seed={seed})")
+
+
+# ---------------------------------------------------------------- toy 2-D
+
+
+def make_toy2d(kind: str, n: int, noise: float = 0.1, seed: int = 0, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` labelled 2-D points: `moons` (two interleaved half circles, as scikit-learn draws them),
+    `circles` (radius 1 vs 0.5), `spirals` (two arms r = t / 3pi, t in [0.5, 3pi], the second rotated by pi),
+    `blobs` (4 Gaussians at (+-1, +-1)); isotropic Gaussian noise of std `noise` added to every point."""
+    if kind not in TOY2D_KINDS:
+        raise RfprobeError(f"unknown toy2d kind {kind!r}; choose one of {', '.join(TOY2D_KINDS)}")
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + SPLITS.index(split) + 101)
+    classes = 4 if kind == "blobs" else 2
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g)]
+    t = torch.rand(n, generator=g, dtype=torch.float64)
+    if kind == "moons":
+        angle = t * math.pi
+        x = torch.where(y[:, None] == 0,
+                        torch.stack([torch.cos(angle), torch.sin(angle)], 1),
+                        torch.stack([1 - torch.cos(angle), 0.5 - torch.sin(angle)], 1))
+    elif kind == "circles":
+        angle = t * 2 * math.pi
+        radius = torch.where(y == 0, 1.0, 0.5)
+        x = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    elif kind == "spirals":
+        s = 0.5 + t * (3 * math.pi - 0.5)
+        angle = s + math.pi * y
+        x = (s / (3 * math.pi))[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    else:
+        centres = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], dtype=torch.float64)
+        x = centres[y]
+    x = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    return x.float(), y
+
+
+def load_toy2d(kind: str, split: str, n: int = 1000, noise: float = 0.1, seed: int = 0) -> Data:
+    x, y = make_toy2d(kind, n, noise, seed, split)
+    mean, std = NORMALIZATION["toy2d"]
+    classes = tuple(str(c) for c in range(int(y.max()) + 1))
+    return Data(f"toy2d:{kind}", split, x, y, classes, mean, std, f"generated (n={n}, noise={noise}, seed={seed})")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | None = None, download: bool = False,
+                 limit: int | None = None, seed: int = 0, n: int | None = None, noise: float = 0.1) -> Data:
+    """Load one split of a dataset by name (see the module docstring); `limit` keeps the first N examples.
+    `seed`, `n` and `noise` apply to the generated datasets only."""
+    if split not in SPLITS:
+        raise RfprobeError(f"unknown split {split!r}; use train or test")
+    if name in ("cifar10", "cifar100"):
+        data = load_cifar(name, split, root, download)
+    elif name == "synthetic":
+        data = load_synthetic(split, seed, n if n else (None if limit is None else min(limit, SYNTHETIC_SIZES[split])))
+    elif name == "toy2d" or name.startswith("toy2d:"):
+        data = load_toy2d(name.partition(":")[2] or "moons", split, n or 1000, noise, seed)
+    else:
+        raise RfprobeError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return data.subset(limit)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 images -> float (x/255 - mean) / std per channel; float points -> (x - mean) / std."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    return (x - mean_t) / std_t
+
+
+def batches(data: Data, batch_size: int, device: str | torch.device = "cpu", *, shuffle: bool = False,
+            generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised float batches `(x, y)` on `device`, in order (or a `generator`-seeded permutation).
+    The dataset is moved to the device once; each batch is indexed and normalised there."""
+    if batch_size < 1:
+        raise RfprobeError(f"--batch-size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    x, y = data.x.to(device), data.y.to(device)
+    n = len(data)
+    order = torch.randperm(n, generator=generator).to(device) if shuffle else None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = slice(start, min(start + batch_size, n)) if order is None else order[start:start + batch_size]
+        yield normalize(x[index], data.mean, data.std), y[index]

@@ -1,0 +1,134 @@
+"""Model registry: every architecture is built from one string by `build_model`.
+
+Names: `cifar_resnet_N[_W]`, `cifar_vgg_{11,13,16,19}`, `mlp_DxW`, `torchvision:<name>`, plus whatever
+other modules add with `register`. Each built model carries `rfprobe_arch` (its name) and
+`rfprobe_input_shape` (one example's shape) so passes can trace it with a dummy input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from rfprobe.errors import RfprobeError
+
+BN_INITS = ("uniform", "fixed", "oneone", "positivenegative")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    pattern: str
+    example: str
+    description: str
+    build: Callable[..., nn.Module]
+    input_shape: Callable[[re.Match, dict], tuple[int, ...]]
+
+
+_REGISTRY: list[Architecture] = []
+
+
+def register(pattern: str, example: str, description: str, input_shape=lambda m, options: (3, 32, 32)):
+    """Decorator: `build(match, num_classes)` makes the architecture whose name fully matches `pattern`."""
+
+    def wrap(build):
+        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape))
+        return build
+
+    return wrap
+
+
+def architecture_patterns() -> list[str]:
+    return [f"{a.example} ({a.description})" for a in _REGISTRY]
+
+
+def _lookup(name: str) -> tuple[Architecture, re.Match]:
+    for arch in _REGISTRY:
+        match = re.fullmatch(arch.pattern, name)
+        if match:
+            return arch, match
+    valid = "; ".join(architecture_patterns())
+    raise RfprobeError(f"unknown architecture {name!r}; valid patterns: {valid}")
+
+
+def init_openlth_(model: nn.Module, bn_init: str = "uniform") -> None:
+    """OpenLTH's initialisation: kaiming-normal (fan_in, ReLU gain) conv/linear weights; BN per `bn_init`:
+    uniform gamma~U[0,1], beta=0; fixed (1,0); oneone (1,1); positivenegative gamma~U[-1,1], beta=0."""
+    if bn_init not in BN_INITS:
+        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            with torch.no_grad():
+                if bn_init in ("uniform", "positivenegative"):
+                    module.weight.uniform_(0.0, 1.0)
+                    if bn_init == "positivenegative":
+                        module.weight.mul_(2).sub_(1)
+                else:
+                    module.weight.fill_(1.0)
+                module.bias.fill_(1.0 if bn_init == "oneone" else 0.0)
+
+
+def build_model(name: str, num_classes: int = 10, *, bn_init: str = "uniform", seed: int | None = None,
+                **options) -> nn.Module:
+    """Build the architecture `name` with `num_classes` outputs at its initialisation.
+
+    `seed` makes the initialisation reproducible without touching the global RNG; `bn_init` applies to
+    the OpenLTH-style models (torchvision models keep torchvision's own init)."""
+    arch, match = _lookup(name)
+    if bn_init not in BN_INITS:
+        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model = arch.build(match, num_classes, bn_init=bn_init, **options)
+        except ValueError as e:
+            raise RfprobeError(f"{name}: {e}") from None
+    model.rfprobe_arch = name
+    model.rfprobe_input_shape = tuple(arch.input_shape(match, options))
+    return model
+
+
+@register(r"cifar_resnet_(\d+)(?:_(\d+))?", "cifar_resnet_N[_W]",
+          "OpenLTH CIFAR ResNet, depth N=6n+2, first-stage width W (default 16)")
+def _cifar_resnet(m, num_classes, bn_init="uniform"):
+    from rfprobe.models.cifar_resnet import CifarResNet
+
+    model = CifarResNet(int(m.group(1)), int(m.group(2) or 16), num_classes)
+    init_openlth_(model, bn_init)
+    return model
+
+
+@register(r"cifar_vgg_(\d+)", "cifar_vgg_{11,13,16,19}", "OpenLTH CIFAR VGG with BatchNorm")
+def _cifar_vgg(m, num_classes, bn_init="uniform"):
+    from rfprobe.models.cifar_vgg import CifarVGG
+
+    model = CifarVGG(int(m.group(1)), num_classes)
+    init_openlth_(model, bn_init)
+    return model
+
+
+@register(r"mlp_(\d+)x(\d+)", "mlp_DxW", "D hidden Linear-BN-ReLU layers of width W, 2-D input",
+          input_shape=lambda m, options: (options.get("in_features", 2),))
+def _mlp(m, num_classes, bn_init="uniform", in_features=2):
+    from rfprobe.models.mlp import MLP
+
+    model = MLP(int(m.group(1)), int(m.group(2)), num_classes, in_features)
+    init_openlth_(model, bn_init)
+    return model
+
+
+@register(r"torchvision:(\w+)", "torchvision:<name>", "a torchvision ImageNet model, e.g. torchvision:resnet18",
+          input_shape=lambda m, options: (3, 224, 224))
+def _torchvision(m, num_classes, bn_init="uniform"):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(m.group(1), weights=None, num_classes=num_classes)
+    except ValueError:
+        raise ValueError(f"torchvision has no model {m.group(1)!r}; see torchvision.models.list_models()") from None

@@ -1,0 +1,197 @@
+"""Result conventions: provenance attrs, stacking checkpoints, atomic zarr save, `open_result`.
+
+Every pass returns one Dataset per checkpoint carrying `provenance(...)` in its attrs; `stack` turns a
+list of them into one Dataset with a `checkpoint` dimension (always, also for one checkpoint, so the
+schema does not depend on how many were given). Per-checkpoint facts (path, sha256, arch, mode, epoch)
+become variables along `checkpoint`; run-level facts stay in attrs, where `checkpoint`/`checkpoint_sha256`
+list every checkpoint joined by "; ".
+
+Stores are zarr format 2 with consolidated metadata: the one setting with which both writing and a plain
+`xr.open_zarr(path)` in a notebook are silent (format 3 warns on one side or the other with zarr 3.1).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from rfprobe import __version__
+from rfprobe.errors import ResultExistsError, RfprobeError
+
+ZARR_FORMAT = 2
+PER_CHECKPOINT = {"checkpoint": "checkpoint_path", "checkpoint_sha256": "checkpoint_sha256", "arch": "arch",
+                  "mode": "mode", "epoch": "epoch", "nonfinite_tensors": "nonfinite_tensors"}
+LAYER_COORDS = ("depth", "stage", "block", "n_channels", "role", "source")
+
+
+def _attr_value(value: Any) -> str | int | float:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def provenance(pass_name: str, checkpoint=None, *, dataset: str | None = None, split: str | None = None,
+               n_examples: int | None = None, device: str | None = None, command: Sequence[str] | None = None,
+               **definitions: Any) -> dict[str, str | int | float]:
+    """The attrs every result carries (DESIGN.md), plus the pass's own definitions (`*_definition`, thresholds)."""
+    attrs = {
+        "rfprobe_pass": pass_name,
+        "rfprobe_version": __version__,
+        "checkpoint": str(checkpoint.path) if checkpoint is not None else "",
+        "checkpoint_sha256": checkpoint.sha256 if checkpoint is not None else "",
+        "arch": checkpoint.arch if checkpoint is not None else "",
+        "mode": checkpoint.mode if checkpoint is not None else "",
+        "epoch": checkpoint.epoch if checkpoint is not None and checkpoint.epoch is not None else -1,
+        "nonfinite_tensors": ", ".join(checkpoint.nonfinite) if checkpoint is not None else "",
+        "dataset": dataset or "none",
+        "split": split or "none",
+        "n_examples": int(n_examples or 0),
+        "device": str(device or "cpu"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(command if command is not None else sys.argv),
+    }
+    attrs.update(definitions)
+    return {k: _attr_value(v) for k, v in attrs.items()}
+
+
+def layer_coords(sites, names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
+    """Coordinates on `layer` (DESIGN.md) for a list of sites (BNSite or ReluSite), optionally reordered."""
+    by_name = {s.name: s for s in sites}
+    chosen = [by_name[n] for n in names] if names is not None else list(sites)
+    coords = {"layer": ("layer", np.array([s.name for s in chosen], dtype=object))}
+    for field in LAYER_COORDS:
+        if chosen and hasattr(chosen[0], field):
+            values = [getattr(s, field) for s in chosen]
+            dtype = object if isinstance(values[0], str) else np.int64
+            coords[field] = ("layer", np.array(values, dtype=dtype))
+    return coords
+
+
+def unique_labels(labels: Sequence[str]) -> list[str]:
+    """Make labels unique by suffixing `#2`, `#3`, ... to repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def _as_object_strings(ds: xr.Dataset) -> xr.Dataset:
+    for name, var in list(ds.variables.items()):
+        if var.dtype.kind == "U" or var.dtype.kind == "T":
+            ds[name] = var.astype(object) if name not in ds.dims else ds[name]
+    for name in ds.dims:
+        if name in ds.coords and ds[name].dtype.kind in "UT":
+            ds = ds.assign_coords({name: ds[name].values.astype(object)})
+    return ds
+
+
+def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
+    """Concatenate per-checkpoint Datasets along a new `checkpoint` dimension (coordinate: `labels`).
+
+    Datasets over the same layers concatenate exactly (`join="exact"`: anything misaligned raises).
+    Different architectures are aligned on the union of layer names, NaN-padded, and their per-layer
+    coordinates (depth, stage, role, ...) become `(checkpoint, layer)` variables, since they differ."""
+    if len(datasets) != len(labels) or not datasets:
+        raise RfprobeError("stack needs one label per dataset and at least one dataset")
+    labels = unique_labels(list(labels))
+    prepared = []
+    for ds in datasets:
+        ds = ds.copy()
+        for attr, var in PER_CHECKPOINT.items():
+            if attr in ds.attrs:
+                value = ds.attrs.pop(attr)
+                ds[var] = ((), np.array(value, dtype=object if isinstance(value, str) else None))
+        prepared.append(ds)
+    same_layers = all("layer" not in ds.dims for ds in prepared) or all(
+        "layer" in ds.dims and ds.indexes["layer"].equals(prepared[0].indexes["layer"])
+        and all(ds[c].equals(prepared[0][c]) for c in ds["layer"].coords if c != "layer")
+        for ds in prepared)
+    index = pd.Index(labels, name="checkpoint", dtype=object)
+    if same_layers:
+        out = xr.concat(prepared, dim=index, join="exact", coords="minimal", compat="equals",
+                        combine_attrs="drop_conflicts")
+    else:
+        demoted = [ds.reset_coords([c for c in ds["layer"].coords if c != "layer"]) for ds in prepared]
+        order = {}
+        for ds in demoted:
+            for name, depth in zip(ds["layer"].values, ds["depth"].values if "depth" in ds else range(ds.sizes["layer"])):
+                order[name] = min(order.get(name, depth), depth)
+        layers = np.array(sorted(order, key=lambda n: (order[n], n)), dtype=object)
+        aligned = [ds.reindex(layer=layers) for ds in demoted]
+        out = xr.concat(aligned, dim=index, join="outer", coords="minimal", compat="equals",
+                        combine_attrs="drop_conflicts")
+    out.attrs.update(datasets[0].attrs)
+    for attr in ("checkpoint", "checkpoint_sha256", "arch", "mode"):
+        out.attrs[attr] = "; ".join(str(ds.attrs.get(attr, "")) for ds in datasets)
+    for attr in ("epoch", "nonfinite_tensors"):
+        out.attrs.pop(attr, None)
+    return _as_object_strings(out)
+
+
+def default_output(pass_name: str, labels: Sequence[str], root: str | os.PathLike = "results") -> Path:
+    """`results/<label>/<pass>.zarr`, labels joined with `+` when several checkpoints are stacked."""
+    name = "+".join(label.replace("/", "_").replace(os.sep, "_") for label in labels)
+    if len(name) > 100:
+        name = f"{labels[0].replace('/', '_')}+{len(labels) - 1}-more"
+    return Path(root) / name / f"{pass_name}.zarr"
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ResultExistsError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+    return path
+
+
+def save_result(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `ds` as a zarr store at `path`: to `<path>.tmp-<pid>` first, then rename into place, so an
+    interrupted save never damages what was there; an existing `path` is refused unless `overwrite`."""
+    path = check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds = _as_object_strings(ds.copy())
+    ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    try:
+        ds.to_zarr(tmp, mode="w-", zarr_format=ZARR_FORMAT, consolidated=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def open_result(path: str | os.PathLike, load: bool = True) -> xr.Dataset:
+    """`xr.open_zarr(path)` plus checks: the store exists and is an rfprobe result (it has `rfprobe_pass`)."""
+    path = Path(path)
+    if not path.exists():
+        raise RfprobeError(f"{path}: no such result")
+    try:
+        ds = xr.open_zarr(path, zarr_format=ZARR_FORMAT, consolidated=True)
+    except Exception as e:  # zarr/xarray raise many types for a store that is not one
+        raise RfprobeError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
+    if "rfprobe_pass" not in ds.attrs:
+        raise RfprobeError(f"{path}: a zarr store, but not an rfprobe result (no rfprobe_pass attribute)")
+    return ds.load() if load else ds

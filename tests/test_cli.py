@@ -1,0 +1,60 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rfprobe.checkpoint import save_checkpoint
+from rfprobe.models import build_model
+
+
+def rfprobe(*args):
+    return subprocess.run([sys.executable, "-m", "rfprobe.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "run" / "final.pt"
+    save_checkpoint(path, build_model("cifar_resnet_8", seed=0), mode="bn", dataset="synthetic", epoch=2,
+                    metrics={"test_acc": 0.42})
+    return path
+
+
+def test_version():
+    result = rfprobe("--version")
+    assert result.returncode == 0 and result.stdout.startswith("rfprobe ")
+
+
+def test_info_json(ckpt):
+    result = rfprobe("info", ckpt, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["arch"] == "cifar_resnet_8" and report["mode"] == "bn" and report["epoch"] == 2
+    assert report["metrics"] == {"test_acc": 0.42}
+    bn = sum(2 * layer["channels"] for layer in report["bn_layers"])
+    assert report["parameters"]["bn"] == bn and report["trainable"] == {"total": bn, "bn": bn, "output": 0, "other": 0}
+    assert [layer["role"] for layer in report["bn_layers"]][:3] == ["relu", "relu", "residual"]
+
+
+def test_info_table(ckpt):
+    result = rfprobe("info", ckpt)
+    assert result.returncode == 0 and "BatchNorm layers" in result.stdout and "shortcut" in result.stdout
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path, ckpt):
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    torch.save(build_model("cifar_resnet_8").state_dict(), tmp_path / "bare.pt")
+    cases = [("info", tmp_path / "junk.pt"), ("info", tmp_path / "missing.pt"), ("info", tmp_path / "bare.pt"),
+             ("info", tmp_path / "bare.pt", "--arch", "nonsense_net"), ("info", tmp_path / "bare.pt", "--arch", "cifar_resnet_14")]
+    for args in cases:
+        result = rfprobe(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("rfprobe: error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    (tmp_path / "junk.pt").write_text("x")
+    result = rfprobe("info", tmp_path / "junk.pt", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from rfprobe.errors import RfprobeError
+from rfprobe.models import build_model
+from rfprobe.sites import BN_TYPES
+
+# BN-parameter counts and totals from REFERENCE.md (the BN-only paper, OpenLTH option-B shortcuts).
+BN_COUNTS = {14: 1120, 32: 2464, 56: 4256, 110: 8288, 218: 16352, 434: 32480, 866: 64736}
+
+
+def bn_params(model):
+    return sum(p.numel() for m in model.modules() if isinstance(m, BN_TYPES) for p in m.parameters())
+
+
+@pytest.mark.parametrize("depth,expected", sorted(BN_COUNTS.items()))
+def test_cifar_resnet_bn_parameter_counts(depth, expected):
+    with torch.device("meta"):
+        model = build_model(f"cifar_resnet_{depth}")
+    assert bn_params(model) == expected
+
+
+@pytest.mark.parametrize("depth,expected", [(14, 175_258), (110, 1_730_714)])
+def test_cifar_resnet_total_parameters(depth, expected):
+    with torch.device("meta"):
+        model = build_model(f"cifar_resnet_{depth}")
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_width_names_first_stage_filters():
+    model = build_model("cifar_resnet_14_32")
+    assert model.conv.out_channels == 32 and model.fc.in_features == 128
+
+
+def test_openlth_module_names():
+    names = set(build_model("cifar_resnet_20").state_dict())
+    for key in ("conv.weight", "bn.weight", "bn.running_var", "blocks.0.conv1.weight", "blocks.0.bn2.bias",
+                "blocks.3.shortcut.0.weight", "blocks.3.shortcut.1.weight", "fc.weight", "fc.bias"):
+        assert key in names
+    assert not any(k.startswith("blocks.0.shortcut") for k in names)
+
+
+def test_forward_shapes():
+    x = torch.randn(2, 3, 32, 32)
+    assert build_model("cifar_resnet_8", num_classes=7)(x).shape == (2, 7)
+    assert build_model("cifar_vgg_11")(x).shape == (2, 10)
+    assert build_model("mlp_3x16", num_classes=2)(torch.randn(5, 2)).shape == (5, 2)
+
+
+def test_bn_init_options():
+    gammas = lambda m: torch.cat([b.weight for b in m.modules() if isinstance(b, BN_TYPES)])
+    betas = lambda m: torch.cat([b.bias for b in m.modules() if isinstance(b, BN_TYPES)])
+    uniform = build_model("cifar_resnet_8", seed=0)
+    assert gammas(uniform).min() >= 0 and gammas(uniform).max() <= 1 and betas(uniform).abs().max() == 0
+    assert (gammas(build_model("cifar_resnet_8", bn_init="fixed")) == 1).all()
+    oneone = build_model("cifar_resnet_8", bn_init="oneone")
+    assert (gammas(oneone) == 1).all() and (betas(oneone) == 1).all()
+    pn = gammas(build_model("cifar_resnet_8", bn_init="positivenegative", seed=0))
+    assert pn.min() < 0 < pn.max() and pn.abs().max() <= 1
+
+
+def test_kaiming_normal_fan_in_init():
+    model = build_model("cifar_resnet_14_64", seed=0)
+    w = model.blocks[2].conv2.weight  # 128 x 128 x 3 x 3
+    expected_std = (2 / (128 * 9)) ** 0.5
+    assert abs(w.std().item() / expected_std - 1) < 0.02
+
+
+def test_seed_reproducible_and_global_rng_untouched():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_model("cifar_resnet_8", seed=5)
+    after = torch.rand(1)
+    b = build_model("cifar_resnet_8", seed=5)
+    assert torch.equal(before, after)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_torchvision_models():
+    model = build_model("torchvision:resnet18", num_classes=5)
+    assert model.fc.out_features == 5
+    assert model.rfprobe_input_shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("name", ["foo", "cifar_resnet_15", "cifar_vgg_12", "torchvision:nonexistent_net", "mlp_0x4"])
+def test_unknown_names_list_valid_patterns(name):
+    with pytest.raises(RfprobeError) as e:
+        build_model(name)
+    assert "cifar_resnet" in str(e.value) or name.split("_")[0] in str(e.value)
+    if name == "foo":
+        for pattern in ("cifar_resnet_N[_W]", "cifar_vgg_", "mlp_DxW", "torchvision:<name>"):
+            assert pattern in str(e.value)
