@@ -82,6 +82,41 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
+def labels_for(checkpoints, labels: list[str] | None) -> list[str]:
+    """`--label` values (one per checkpoint) or each checkpoint's own label (run name or file stem)."""
+    if labels:
+        if len(labels) != len(checkpoints):
+            raise RfprobeError(f"--label given {len(labels)} times for {len(checkpoints)} checkpoints; give one per checkpoint")
+        return list(labels)
+    return [c.label for c in checkpoints]
+
+
+def prepare_outputs(pass_name: str, labels: list[str], out: Path | None, plot: Path | None, overwrite: bool):
+    """Resolve `--out` (default results/<label>/<pass>.zarr) and refuse existing outputs *before* any work."""
+    from rfprobe.results import check_writable, default_output
+
+    path = check_writable(out or default_output(pass_name, labels), overwrite)
+    if plot is not None:
+        check_writable(plot, overwrite)
+    return path, plot
+
+
+def write_outputs(ds, path: Path, plot: Path | None, draw, overwrite: bool) -> dict:
+    """Save the Dataset (atomically) and, with `--plot`, the figure `draw(ds)`; return what was written."""
+    from rfprobe.plots import save_figure
+    from rfprobe.results import save_result
+
+    written = {"result": str(save_result(ds, path, overwrite=overwrite))}
+    if plot is not None:
+        written["plot"] = str(save_figure(draw(ds), plot, overwrite=overwrite))
+    return written
+
+
+def report_written(written: dict) -> None:
+    for kind, where in written.items():
+        console.print(f"{kind}: {where}", highlight=False)
+
+
 # ---------------------------------------------------------------- info
 
 
