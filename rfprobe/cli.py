@@ -182,6 +182,126 @@ def info(
     console.print(layers)
 
 
+# ---------------------------------------------------------------- affine, dead (data-free)
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+@app.command()
+def affine(
+    checkpoints: CheckpointsArg,
+    bins: Annotated[int, typer.Option("--bins", help="histogram bins (edges shared by all checkpoints)")] = 60,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    label: LabelOpt = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries."""
+    import numpy as np
+
+    from rfprobe.passes import affine as affine_pass
+    from rfprobe.plots.affine import affine_figure
+
+    if bins < 1:
+        raise RfprobeError(f"--bins must be at least 1, got {bins}")
+    ckpts = load_checkpoints(checkpoints, arch, num_classes)
+    labels = labels_for(ckpts, label)
+    path, plot = prepare_outputs("affine", labels, out, plot, overwrite)
+    ds = affine_pass.run_checkpoints(ckpts, labels, bins=bins)
+    written = write_outputs(ds, path, plot, affine_figure, overwrite)
+    q = {float(x): i for i, x in enumerate(ds["quantile"].values)}
+    summary = {}
+    for lab in ds["checkpoint"].values:
+        one = ds.sel(checkpoint=lab)
+        quantiles = one["pooled_abs_gamma_quantiles"].values
+        summary[str(lab)] = {
+            "n_layers": int(np.isfinite(np.asarray(one["n_channels"].values, float)).sum()),
+            "n_channels": int(one["pooled_n_channels"]),
+            **{k: float(one[f"pooled_{k}"]) for k in ("gamma_mean", "gamma_std", "gamma_frac_negative",
+                                                     "beta_mean", "beta_std", "beta_frac_negative")},
+            "abs_gamma_quantiles": {f"{x:g}": float(quantiles[i]) for x, i in q.items()},
+        }
+    if json_out:
+        print_json({"pass": "affine", "checkpoints": summary, "written": written})
+        return
+    from rich import box
+
+    table = Table(title="BatchNorm gamma / beta, pooled over all BN channels", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for lab in summary:
+        table.add_column(lab, justify="right")
+    rows = [("BN layers", lambda s: str(s["n_layers"])), ("channels", lambda s: str(s["n_channels"])),
+            ("gamma mean", lambda s: f"{s['gamma_mean']:.4g}"), ("gamma std", lambda s: f"{s['gamma_std']:.4g}"),
+            ("gamma < 0", lambda s: _pct(s["gamma_frac_negative"])),
+            *[(f"|gamma| q{k}", lambda s, k=k: f"{s['abs_gamma_quantiles'][k]:.3g}") for k in ("0", "0.05", "0.5", "0.95", "1")],
+            ("beta mean", lambda s: f"{s['beta_mean']:.4g}"), ("beta std", lambda s: f"{s['beta_std']:.4g}"),
+            ("beta < 0", lambda s: _pct(s["beta_frac_negative"]))]
+    for name, cell in rows:
+        table.add_row(name, *[cell(s) for s in summary.values()])
+    console.print(table)
+    report_written(written)
+
+
+@app.command()
+def dead(
+    checkpoints: CheckpointsArg,
+    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="|gamma| threshold, repeatable (default 1e-3 1e-2 5e-2 0.1)")] = None,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    label: LabelOpt = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN feeding a ReLU)."""
+    import numpy as np
+
+    from rfprobe.passes import dead as dead_pass
+    from rfprobe.plots.dead import dead_figure
+
+    thresholds = dead_pass.check_thresholds(threshold)
+    ckpts = load_checkpoints(checkpoints, arch, num_classes)
+    labels = labels_for(ckpts, label)
+    path, plot = prepare_outputs("dead", labels, out, plot, overwrite)
+    ds = dead_pass.run_checkpoints(ckpts, labels, thresholds=thresholds)
+    written = write_outputs(ds, path, plot, dead_figure, overwrite)
+    if json_out:
+        print_json({"pass": "dead", "thresholds": [float(t) for t in thresholds],
+                    "checkpoints": dead_pass.headline(ds), "written": written})
+        return
+    from rich import box
+
+    pool_names = {"all": "all", "no_shortcut": "no shortcut", "relu": "relu"}
+    for lab in ds["checkpoint"].values:
+        one = ds.sel(checkpoint=lab)
+        layers = one.isel(layer=np.flatnonzero(np.isfinite(np.asarray(one["n_channels"].values, float))))
+        table = Table(title=f"{lab}: dead (|gamma| < t) / off (also beta <= 0, BN feeding a ReLU)",
+                      caption="cells dead/off: % of the pool's channels on pooled lines, channel counts on layer lines",
+                      box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+        table.add_column("layer", no_wrap=True)
+        table.add_column("role/pool", no_wrap=True)
+        table.add_column("ch", justify="right")
+        for t in thresholds:
+            table.add_column(f"t={t:g}", justify="right")
+        for pool, name in pool_names.items():
+            p = one.sel(pool=pool)
+            table.add_row("pooled", name, str(int(p["pooled_n_channels"])),
+                          *[f"{100 * d:.1f}/{100 * o:.1f}" for d, o in zip(p["pooled_frac_dead"].values, p["pooled_frac_off"].values)],
+                          style="bold", end_section=pool == "relu")
+        for i in range(layers.sizes["layer"]):
+            row = layers.isel(layer=i)
+            table.add_row(str(row["layer"].values), str(row["role"].values), str(int(row["n_channels"])),
+                          *[f"{int(d)}/{int(o)}" for d, o in zip(row["n_dead"].values, row["n_off"].values)])
+        console.print(table)
+    report_written(written)
+
+
 # ---------------------------------------------------------------- entry point
 
 

@@ -1,0 +1,158 @@
+"""`rfprobe affine`: the distribution of BatchNorm's affine parameters (no data needed).
+
+For every BN layer (forward order, `rfprobe.sites`) it reads gamma (`weight`) and beta (`bias`) and
+returns one Dataset holding
+
+- `gamma`, `beta` on `(layer, channel)`, NaN-padded to the widest layer;
+- `gamma_hist`, `beta_hist` on `(layer, bin)`: channel counts per bin, `np.histogram` semantics (bins
+  half-open `[e_i, e_{i+1})`, the last one closed), on the edges `gamma_bin_edges` / `beta_bin_edges`
+  (`bin_edge` dim). `run_checkpoints` computes the edges once from the joint range of every checkpoint
+  of the invocation, so the histograms of several checkpoints share edges and stack exactly;
+- per layer and pooled over all BN channels (each channel weighs one; pooled variables are prefixed
+  `pooled_` and have no `layer` dim): mean and population std (ddof=0) of gamma and beta, quantiles of
+  |gamma| (`quantile` dim, numpy's linear interpolation), and the fraction of channels with gamma < 0
+  and with beta < 0.
+
+A BN without affine parameters (`affine=False`) computes gamma = 1, beta = 0 and is recorded so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch.nn as nn
+import xarray as xr
+
+from rfprobe.errors import RfprobeError
+from rfprobe.results import layer_coords, provenance, stack
+from rfprobe.sites import BN_TYPES, BNSite, find_sites
+
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+DEFAULT_BINS = 60
+AFFINE_DEFINITION = ("gamma = BN weight, beta = BN bias, eval-mode BN y = gamma * (x - running_mean) / "
+                     "sqrt(running_var + eps) + beta; BN without affine parameters: gamma = 1, beta = 0")
+
+
+@dataclass
+class BNAffine:
+    """The BN layers of one model (forward order) and their gamma/beta as float64 arrays, one per layer."""
+
+    sites: list[BNSite]
+    gamma: list[np.ndarray]
+    beta: list[np.ndarray]
+
+    def padded(self, values: list[np.ndarray]) -> np.ndarray:
+        """`(layer, channel)` array, NaN-padded to the widest layer."""
+        out = np.full((len(values), max(len(v) for v in values)), np.nan)
+        for i, v in enumerate(values):
+            out[i, :len(v)] = v
+        return out
+
+    def coords(self) -> dict:
+        width = max(len(g) for g in self.gamma)
+        return {**layer_coords(self.sites), "channel": ("channel", np.arange(width))}
+
+
+def bn_affine(model: nn.Module, sites=None, what: str = "this pass") -> BNAffine:
+    """Read gamma and beta of every BN layer of `model` in forward order.
+
+    Raises RfprobeError (one line) for a model with no BatchNorm layers: its result would be empty."""
+    if not any(isinstance(m, BN_TYPES) for m in model.modules()):
+        arch = getattr(model, "rfprobe_arch", type(model).__name__)
+        raise RfprobeError(f"{arch} has no BatchNorm layers, so there are no gamma/beta for {what} to read")
+    sites = sites if sites is not None else find_sites(model)
+    if not sites.bn:
+        raise RfprobeError("the model's BatchNorm layers are never called in its forward pass; nothing to read")
+    modules = sites.bn_modules(model)
+    gamma, beta = [], []
+    for site in sites.bn:
+        bn = modules[site.name]
+        if bn.affine:
+            gamma.append(bn.weight.detach().double().cpu().numpy().copy())
+            beta.append(bn.bias.detach().double().cpu().numpy().copy())
+        else:
+            gamma.append(np.ones(bn.num_features))
+            beta.append(np.zeros(bn.num_features))
+    return BNAffine(list(sites.bn), gamma, beta)
+
+
+def shared_edges(arrays: Sequence[np.ndarray], bins: int) -> np.ndarray:
+    """`bins + 1` equal-width edges spanning the finite values of all `arrays` (a degenerate range is
+    widened to +-0.5 around its value; no finite values at all gives [-1, 1])."""
+    if bins < 1:
+        raise RfprobeError(f"--bins must be at least 1, got {bins}")
+    values = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.empty(0)
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _histograms(values: list[np.ndarray], edges: np.ndarray) -> np.ndarray:
+    return np.stack([np.histogram(v[np.isfinite(v)], edges)[0] for v in values]).astype(np.int64)
+
+
+def _summaries(prefix: str, padded: np.ndarray, dims: tuple[str, ...]) -> dict:
+    """mean, std (ddof=0) and fraction < 0 over the last axis of `padded` (NaN = padding, ignored)."""
+    count = np.sum(~np.isnan(padded), axis=-1)
+    return {
+        f"{prefix}_mean": (dims, np.nanmean(padded, axis=-1)),
+        f"{prefix}_std": (dims, np.nanstd(padded, axis=-1)),
+        f"{prefix}_frac_negative": (dims, np.sum(padded < 0, axis=-1) / count),
+    }
+
+
+def run(model: nn.Module, *, gamma_edges: np.ndarray | None = None, beta_edges: np.ndarray | None = None,
+        bins: int = DEFAULT_BINS, checkpoint=None, sites=None, command=None, affine: BNAffine | None = None) -> xr.Dataset:
+    """The affine Dataset of one model (module docstring). Edges default to this model's own range."""
+    affine = affine or bn_affine(model, sites, "rfprobe affine")
+    gamma_edges = shared_edges(affine.gamma, bins) if gamma_edges is None else np.asarray(gamma_edges, float)
+    beta_edges = shared_edges(affine.beta, bins) if beta_edges is None else np.asarray(beta_edges, float)
+    if len(gamma_edges) != len(beta_edges):
+        raise RfprobeError("gamma and beta histograms need the same number of bins")
+    gamma, beta = affine.padded(affine.gamma), affine.padded(affine.beta)
+    pooled_gamma, pooled_beta = np.concatenate(affine.gamma), np.concatenate(affine.beta)
+    abs_gamma = np.abs(gamma)
+    data = {
+        "gamma": (("layer", "channel"), gamma),
+        "beta": (("layer", "channel"), beta),
+        "gamma_hist": (("layer", "bin"), _histograms(affine.gamma, gamma_edges)),
+        "beta_hist": (("layer", "bin"), _histograms(affine.beta, beta_edges)),
+        **_summaries("gamma", gamma, ("layer",)),
+        **_summaries("beta", beta, ("layer",)),
+        "abs_gamma_quantiles": (("layer", "quantile"), np.nanquantile(abs_gamma, QUANTILES, axis=1).T),
+        **_summaries("pooled_gamma", pooled_gamma, ()),
+        **_summaries("pooled_beta", pooled_beta, ()),
+        "pooled_abs_gamma_quantiles": (("quantile",), np.quantile(np.abs(pooled_gamma), QUANTILES)),
+        "pooled_n_channels": ((), int(pooled_gamma.size)),
+    }
+    coords = {**affine.coords(), "quantile": ("quantile", np.array(QUANTILES)), "bin": ("bin", np.arange(len(gamma_edges) - 1)),
+              "gamma_bin_edges": ("bin_edge", gamma_edges), "beta_bin_edges": ("bin_edge", beta_edges)}
+    attrs = provenance("affine", checkpoint, command=command, affine_definition=AFFINE_DEFINITION,
+                       histogram_definition="channel counts per bin, bins [e_i, e_i+1) with the last closed; "
+                                            "edges equal-width over the joint finite range of all checkpoints",
+                       std_definition="population standard deviation (ddof=0) over channels",
+                       quantile_definition="numpy linear interpolation over the layer's (or all) channels",
+                       pooled_definition="over every channel of every BN layer, each channel weighing one",
+                       bins=len(gamma_edges) - 1)
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def run_checkpoints(checkpoints, labels: Sequence[str], *, bins: int = DEFAULT_BINS, command=None) -> xr.Dataset:
+    """`run` for each loaded checkpoint with histogram edges shared by all of them, stacked on `checkpoint`."""
+    affines = [checkpoint_affine(ckpt, "rfprobe affine") for ckpt in checkpoints]
+    gamma_edges = shared_edges([g for a in affines for g in a.gamma], bins)
+    beta_edges = shared_edges([b for a in affines for b in a.beta], bins)
+    return stack([run(ckpt.model, gamma_edges=gamma_edges, beta_edges=beta_edges, checkpoint=ckpt, command=command,
+                      affine=affine) for ckpt, affine in zip(checkpoints, affines)], labels)
+
+
+def checkpoint_affine(ckpt, what: str) -> BNAffine:
+    """`bn_affine` of a loaded checkpoint's model, errors prefixed with the checkpoint's path."""
+    try:
+        return bn_affine(ckpt.model, what=what)
+    except RfprobeError as e:
+        raise RfprobeError(f"{ckpt.path}: {e}") from None
