@@ -1,0 +1,209 @@
+"""The trainer's semantics: which elements each mode moves, BN statistics, augmentation, errors."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+
+from rfprobe.checkpoint import load_checkpoint
+from rfprobe.models import build_model
+from rfprobe.sites import BN_TYPES
+from rfprobe.trainable import apply, select
+from train import Config, train
+from train.__main__ import main
+from train.augment import crop_flip, draw
+from train.optim import MaskedSGD
+
+TINY = dict(arch="cifar_resnet_8_4", dataset="synthetic", limit=256, test_limit=128, epochs=1, batch_size=64,
+            eval_batch_size=128, save_every=0, progress=False, threads=1)
+CASES = [("all", ()), ("bn", ()), ("bn+output", ()), ("output", ()), ("gamma", ()), ("beta", ()), ("random", ()),
+         ("bn", ("shortcut",))]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short run per mode: {(mode, also): (init checkpoint, final checkpoint)}."""
+    root = tmp_path_factory.mktemp("modes")
+    done = {}
+    for mode, also in CASES:
+        out = train(Config(mode=mode, also=also, out=str(root / f"{mode}{''.join(also)}"), **TINY))
+        done[mode, also] = load_checkpoint(out / "init.pt"), load_checkpoint(out / "final.pt")
+    return done
+
+
+def _running_stats(model):
+    return {n: b for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+
+
+@pytest.mark.parametrize("mode,also", CASES)
+def test_mode_moves_exactly_its_elements(runs, mode, also):
+    init, final = runs[mode, also]
+    plan = select(init.model, mode, also=also, masks=final.masks or None)
+    before, after = dict(init.model.named_parameters()), dict(final.model.named_parameters())
+    assert final.mode == mode and final.epoch == 1 and list(final.hparams["also"]) == list(also)
+    for name, p0 in before.items():
+        moved = after[name] != p0
+        if name in plan.masks:
+            assert torch.equal(moved, plan.masks[name]), name  # exactly the masked elements, no more, no fewer
+        elif name in plan.tensors:
+            assert moved.float().mean() > 0.9, name
+        else:
+            assert not moved.any(), f"{name} is frozen in mode {mode} but moved"
+    for name, stat in _running_stats(final.model).items():  # forward in train mode updates them in every mode
+        assert not torch.equal(stat, _running_stats(init.model)[name]), name
+
+
+def test_bn_mode_trains_gamma_and_beta_only(runs):
+    init, final = runs["bn", ()]
+    bn = {n for n, m in init.model.named_modules() if isinstance(m, BN_TYPES)}
+    for (name, p0), p1 in zip(init.model.named_parameters(), final.model.parameters()):
+        if name.rpartition(".")[0] in bn:
+            assert (p1 != p0).any(), name
+        else:
+            assert torch.equal(p1, p0), name
+
+
+def test_random_mode_k_per_channel_and_masks_stored(runs):
+    init, final = runs["random", ()]
+    assert final.masks and set(final.masks) == {n for n, p in init.model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    for name, mask in final.masks.items():
+        assert mask.flatten(1).sum(1).eq(2).all(), name
+        p0, p1 = init.model.get_parameter(name), final.model.get_parameter(name)
+        assert (p1 != p0).flatten(1).sum(1).eq(2).all(), name
+
+
+def test_output_mode_changes_only_fc(runs):
+    init, final = runs["output", ()]
+    changed = {n for (n, p0), p1 in zip(init.model.named_parameters(), final.model.parameters()) if not torch.equal(p0, p1)}
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_masked_sgd_never_moves_frozen_elements():
+    """Weight decay and momentum with per-element masks: frozen elements and their momentum stay exactly 0-moved."""
+    model = build_model("cifar_resnet_8_4", seed=1)
+    plan = select(model, "random", k=3, generator=torch.Generator().manual_seed(0))
+    apply(model, plan)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = MaskedSGD(model, plan, lr=0.5, momentum=0.9, weight_decay=0.1)
+    for step in range(3):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.randn_like(p) if step < 2 else torch.zeros_like(p)  # last step: decay + momentum only
+        opt.step()
+    for name, p in model.named_parameters():
+        mask = plan.element_mask(name, p)
+        assert torch.equal(p.detach()[~mask], start[name][~mask]), name
+        assert (p.detach()[mask] != start[name][mask]).all(), name
+        if p in opt.sgd.state:
+            buf = opt.sgd.state[p]["momentum_buffer"]
+            assert buf[~mask].eq(0).all() and buf[mask].ne(0).all(), name
+
+
+def test_masked_sgd_equals_sgd_on_trained_elements():
+    """On the trainable elements, masked SGD is plain SGD with weight decay (g + wd * w, then momentum)."""
+    torch.manual_seed(0)
+    w = torch.randn(4, 6)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[:, :2] = True
+    model = torch.nn.Linear(6, 4, bias=False)
+    model.weight.data.copy_(w)
+    from rfprobe.trainable import Trainable
+    opt = MaskedSGD(model, Trainable("random", ("weight",), {"weight": mask}), lr=0.1, momentum=0.9, weight_decay=0.01)
+    ref = w.clone().requires_grad_()
+    ref_opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(3):
+        g = torch.randn(4, 6)
+        model.weight.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(model.weight.detach()[mask], ref.detach()[mask])
+    assert torch.equal(model.weight.detach()[~mask], w[~mask])
+
+
+def test_none_mode_writes_untrained_init_and_final(tmp_path):
+    out = train(Config(mode="none", out=str(tmp_path / "none"), **TINY))
+    init, final = load_checkpoint(out / "init.pt"), load_checkpoint(out / "final.pt")
+    assert final.epoch == 0 and 0.0 <= final.metrics["test_acc"] <= 0.3
+    assert all(torch.equal(a, b) for a, b in zip(init.model.state_dict().values(), final.model.state_dict().values()))
+
+
+def test_run_directory_files_and_metrics(tmp_path):
+    out = train(Config(mode="bn", out=str(tmp_path / "r"), **{**TINY, "epochs": 3, "save_every": 2, "eval_every": 2}))
+    assert sorted(p.name for p in out.iterdir()) == ["epoch_002.pt", "final.pt", "init.pt", "metrics.jsonl"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert [r["test_acc"] is None for r in rows] == [False, True, False, False]  # init, every 2nd, and the last
+    assert [r["lr"] for r in rows[1:]] == pytest.approx([0.1, 0.1, 0.001])  # milestones 80,120 of 160 scaled to 2,2
+    assert all(r["train_images"] == 256 and r["images_per_s"] > 0 for r in rows[1:])
+    final = load_checkpoint(out / "final.pt")
+    assert final.metrics["test_acc"] == rows[-1]["test_acc"] and final.hparams["mode"] == "bn"
+    raw = torch.load(out / "final.pt", weights_only=True)
+    assert raw["bn_init"] == "uniform" and raw["seed"] == 0 and raw["dataset"] == "synthetic"
+
+
+def test_milestones_scale_with_epochs():
+    assert Config(arch="a").milestones == (80, 120)
+    assert Config(arch="a", epochs=16).milestones == (8, 12)
+    assert Config(arch="a", epochs=16, milestones=(3,)).milestones == (3,)
+    c = Config(arch="a", epochs=160)
+    assert [c.lr_at(e) for e in (0, 79, 80, 119, 120)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_augmentation_matches_torchvision_per_image():
+    x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    top, left, flip = draw(40, torch.Generator().manual_seed(3))
+    assert set(top.tolist()) <= set(range(9)) and len(set(top.tolist())) > 4 and 5 < int(flip.sum()) < 35
+    batch = crop_flip(x, top, left, flip)
+    for k in range(40):
+        ref = TF.crop(TF.pad(x[k], [4]), int(top[k]), int(left[k]), 32, 32)
+        assert torch.equal(batch[k], TF.hflip(ref) if flip[k] else ref), k
+
+
+def test_bn_only_skips_frozen_weight_gradients():
+    """Frozen convs get no weight gradient at all (that is where BN-only saves time)."""
+    model = build_model("cifar_resnet_8_4", seed=0)
+    apply(model, select(model, "bn"))
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+    assert all((p.grad is None) != p.requires_grad for p in model.parameters())
+
+
+def _error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("train: error:"), err
+    return err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["cifar_resnet_8", "--mode", "bogus"], "unknown mode 'bogus'"),
+    (["cifar_resnet_7", "--dataset", "synthetic", "--limit", "64"], "cifar_resnet_7"),
+    (["cifar_resnet_8", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["mlp_2x8", "--dataset", "synthetic", "--limit", "64"], "takes inputs of shape (2,)"),
+    (["cifar_resnet_8", "--dataset", "synthetic", "--limit", "10"], "fewer than one batch"),
+    (["cifar_resnet_8", "--bn-init", "zero"], "unknown --bn-init 'zero'"),
+    (["cifar_resnet_8", "--also", "everything"], "unknown --also 'everything'"),
+])
+def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path):
+    assert message in _error([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_directory_refused(tmp_path, capsys):
+    args = ["cifar_resnet_8_4", "--dataset", "synthetic", "--limit", "64", "--test-limit", "64", "--batch-size", "32",
+            "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as ok:
+        main(args)
+    assert ok.value.code == 0
+    before = (tmp_path / "run" / "final.pt").read_bytes()
+    assert "exists; pass --resume" in _error(args, capsys)
+    assert "--lr 0.1 (recorded) vs 0.2 (now)" in _error([*args, "--resume", "--lr", "0.2"], capsys)
+    assert (tmp_path / "run" / "final.pt").read_bytes() == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    assert "not empty and holds no run" in _error([*args[:-1], str(tmp_path / "other"), "--overwrite"], capsys)
+    with pytest.raises(SystemExit) as again:
+        main([*args, "--resume"])
+    assert again.value.code == 0 and "already complete" in capsys.readouterr().out

@@ -1,0 +1,37 @@
+"""Two CPU processes under torchrun (gloo, DDP) with --sync-bn train the same weights as one process on the
+same global batch, within float tolerance (only the order of the sums differs)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rfprobe.checkpoint import load_checkpoint
+from train import Config, train
+
+ARGV = ["cifar_resnet_8_4", "--mode", "all", "--dataset", "synthetic", "--limit", "128", "--test-limit", "64",
+        "--batch-size", "32", "--epochs", "2", "--save-every", "0", "--threads", "1", "--no-progress", "--sync-bn"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_sync_bn_equals_one(tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "train", *ARGV, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 2/2") == 1  # only rank 0 reports
+    single = train(Config(arch="cifar_resnet_8_4", mode="all", dataset="synthetic", limit=128, test_limit=64,
+                          batch_size=32, epochs=2, save_every=0, threads=1, progress=False, sync_bn=True,
+                          out=str(tmp_path / "single")))
+    a, b = load_checkpoint(single / "final.pt"), load_checkpoint(out / "final.pt")
+    assert b.hparams["world_size"] == 2 and a.hparams["world_size"] == 1
+    init = load_checkpoint(out / "init.pt").model.state_dict()
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        if x.is_floating_point():
+            assert not torch.equal(x, init[name]) or name.endswith("bias"), name  # it trained
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(x, y), name
+    assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-5)
+    assert b.metrics["test_acc"] == pytest.approx(a.metrics["test_acc"], abs=1 / 64)

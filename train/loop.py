@@ -1,0 +1,102 @@
+"""One training epoch and one evaluation, with data resident on the device as tensors."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfprobe.data import Data, batches, normalize
+from rfprobe.progress import track
+from train import augment
+from train.distributed import Context, sum_all
+from train.optim import MaskedSGD
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled (BN runs in fp32 inside cuDNN); a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def prepare(x: torch.Tensor, data: Data, channels_last: bool) -> torch.Tensor:
+    """uint8 (or float) batch -> normalised float, in the memory format the model runs in."""
+    x = normalize(x, data.mean, data.std)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x
+
+
+def epoch_plan(n: int, batch_size: int, generator: torch.Generator, augmenting: bool):
+    """The epoch's random draws, identical on every rank: a permutation of the n examples, then the
+    crop offsets and flips of the n images in permutation order (drawn for the whole epoch at once)."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    draws = augment.draw(n, generator) if augmenting else None
+    return order, draws
+
+
+def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: torch.Generator, ctx: Context, *,
+                batch_size: int, augmenting: bool = True, amp: bool = True, channels_last: bool = False,
+                progress: bool = False, description: str = "") -> dict:
+    """One pass over `data` (resident on the device) in global batches of `batch_size` (the last partial
+    batch is dropped); rank r takes the r-th contiguous slice of each global batch. Returns train
+    loss/accuracy over all ranks, images seen, and seconds."""
+    start = time.perf_counter()
+    model.train()
+    n = len(data)
+    steps = n // batch_size
+    per_rank = batch_size // ctx.world
+    augmenting = augmenting and data.x.dtype == torch.uint8 and data.x.dim() == 4
+    order, draws = epoch_plan(n, batch_size, generator, augmenting)
+    totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
+    for step in track(range(steps), steps, description, enabled=progress):
+        lo = step * batch_size + ctx.rank * per_rank
+        index = order[lo:lo + per_rank]
+        x, y = data.x[index], data.y[index]
+        if augmenting:
+            x = augment.crop_flip(x, *(d[lo:lo + per_rank] for d in draws))
+        x = prepare(x, data, channels_last)
+        with autocast(ctx.device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            totals += torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(y.shape[0]), dtype=torch.float64, device=totals.device)])
+    sum_all(ctx, totals)
+    loss_sum, correct, count = totals.tolist()
+    seconds = time.perf_counter() - start
+    return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+            "train_images": int(count), "seconds": seconds, "images_per_s": count / seconds if seconds else 0.0}
+
+
+def evaluate(model: nn.Module, data: Data, ctx: Context, *, batch_size: int = 500, amp: bool = True,
+             channels_last: bool = False) -> dict:
+    """Mean cross-entropy and accuracy over `data` with the model in eval mode; each rank evaluates a
+    contiguous shard and the sums are added over ranks."""
+    model.eval()
+    n = len(data)
+    lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
+    shard = replace(data, x=data.x[lo:hi], y=data.y[lo:hi])
+    totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
+    with torch.inference_mode(), autocast(ctx.device, amp):
+        for x, y in batches(shard, batch_size, data.x.device):
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            logits = model(x).float()
+            totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                   (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(y.shape[0]), dtype=torch.float64, device=totals.device)])
+    sum_all(ctx, totals)
+    loss_sum, correct, count = totals.tolist()
+    return {"test_loss": loss_sum / max(count, 1), "test_acc": correct / max(count, 1)}

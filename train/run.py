@@ -1,0 +1,196 @@
+"""`train(config)`: build, (re)load, train epoch by epoch, evaluate, checkpoint. The whole run in one place."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from rfprobe.checkpoint import load_checkpoint, save_checkpoint
+from rfprobe.data import load_dataset
+from rfprobe.errors import RfprobeError
+from rfprobe.models import build_model
+from rfprobe.trainable import apply, select
+from train import distributed, rundir
+from train.config import Config
+from train.loop import evaluate, train_epoch
+from train.optim import MaskedSGD
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def data_seed(seed: int) -> int:
+    """Seed of the generator behind shuffling and augmentation (a stream apart from the model's init)."""
+    return seed * 1_000_003 + 7
+
+
+def mask_seed(seed: int) -> int:
+    """Seed of the generator that draws the `random` mode's masks."""
+    return seed * 1_000_003 + 11
+
+
+def train(config: Config) -> Path:
+    """Run (or resume) the training `config` describes; returns the run directory."""
+    config.validate()
+    ctx = distributed.setup(config.device)
+    threads = torch.get_num_threads()
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        return _train(config, ctx)
+    finally:
+        torch.set_num_threads(threads)
+        distributed.teardown()
+
+
+def _say(ctx: distributed.Context, message: str) -> None:
+    if ctx.main:
+        print(message, flush=True)
+
+
+def _load_data(config: Config, ctx: distributed.Context):
+    def load():
+        train = load_dataset(config.dataset, "train", root=config.data_root, download=config.download, limit=config.limit)
+        test = load_dataset(config.dataset, "test", root=config.data_root, download=config.download, limit=config.test_limit)
+        return train, test
+
+    if config.download and ctx.world > 1:  # one rank downloads, the others read what it wrote
+        loaded = load() if ctx.main else None
+        distributed.barrier(ctx)
+        return loaded or load()
+    return load()
+
+
+def _train(config: Config, ctx: distributed.Context) -> Path:
+    device = ctx.device
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    cuda = device.type == "cuda"
+    channels_last, amp = config.channels_last and cuda, config.amp and cuda
+
+    out = config.output_dir()
+    rundir.check(out, resume=config.resume, overwrite=config.overwrite)
+    source = rundir.resume_point(out) if config.resume and out.exists() else None
+    ckpt = load_checkpoint(source) if source else None
+    if ckpt is not None:
+        diffs = config.differences(ckpt.hparams)
+        if diffs:
+            raise RfprobeError(f"--resume {out}: settings differ from the recorded run: {'; '.join(diffs)}")
+        if source.name == "final.pt":
+            _say(ctx, f"{out}: already complete ({ckpt.epoch} epochs); nothing to do")
+            return out
+
+    train_data, test_data = _load_data(config, ctx)
+    num_classes = len(train_data.classes)
+    model = build_model(config.arch, num_classes, bn_init=config.bn_init, seed=config.seed)
+    if tuple(model.rfprobe_input_shape) != tuple(train_data.x.shape[1:]):
+        raise RfprobeError(f"{config.arch} takes inputs of shape {tuple(model.rfprobe_input_shape)}, but {config.dataset} "
+                           f"examples have shape {tuple(train_data.x.shape[1:])}")
+    training = config.mode != "none"
+    if training and len(train_data) < config.batch_size:
+        raise RfprobeError(f"{len(train_data)} training examples is fewer than one batch (--batch-size {config.batch_size})")
+    distributed.check_batch(ctx, config.batch_size)
+    trainable = select(model, config.mode, also=config.also, k=config.random_k,
+                       generator=torch.Generator().manual_seed(mask_seed(config.seed)),
+                       masks=(ckpt.masks or None) if ckpt else None)
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model.state_dict())
+    apply(model, trainable)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.sync_bn and ctx.world > 1:
+        model = distributed.convert_sync_bn(model, device)
+    optimizer = MaskedSGD(model, trainable, lr=config.lr_at(0), momentum=config.momentum, weight_decay=config.weight_decay)
+    generator = torch.Generator(device).manual_seed(data_seed(config.seed))
+    history: list[dict] = list(ckpt.meta.get("history") or []) if ckpt else []
+    start = 0
+    if ckpt is not None and source.name == "last.pt":
+        optimizer.load_state_dict(ckpt.meta["optimizer"])
+        generator.set_state(ckpt.meta["rng"]["data"])
+        torch.set_rng_state(ckpt.meta["rng"]["torch"])
+        start = int(ckpt.epoch)
+    train_data, test_data = train_data.to(device), test_data.to(device)
+
+    runner = model
+    if ctx.world > 1 and trainable.tensors:
+        runner = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if config.compile:
+        runner = torch.compile(runner)
+
+    hparams = {**config.hparams(), "world_size": ctx.world, "command": " ".join(sys.argv)}
+
+    def save(path: Path, epoch: int, resumable: bool) -> None:
+        meta = {"dataset": config.dataset, "mode": config.mode, "bn_init": config.bn_init, "seed": config.seed,
+                "epoch": epoch, "metrics": {k: history[-1][k] for k in METRICS if history[-1].get(k) is not None},
+                "hparams": hparams, "history": history}
+        if trainable.masks:
+            meta["masks"] = {name: mask.cpu() for name, mask in trainable.masks.items()}
+        if resumable:
+            meta["optimizer"] = optimizer.state_dict()
+            meta["rng"] = {"data": generator.get_state(), "torch": torch.get_rng_state()}
+        save_checkpoint(path, model, arch=config.arch, num_classes=num_classes, **meta)
+
+    def test_metrics() -> dict:
+        distributed.broadcast_buffers(ctx, model)
+        return evaluate(model, test_data, ctx, batch_size=config.eval_batch_size, amp=amp, channels_last=channels_last)
+
+    if ctx.main:
+        rundir.reset(out, config.overwrite and ckpt is None)
+    distributed.barrier(ctx)
+    total = sum(p.numel() for p in model.parameters())
+    _say(ctx, f"{config.arch} mode {config.mode}: {trainable.count(model):,} of {total:,} parameters train; "
+              f"{len(train_data)} train / {len(test_data)} test {config.dataset} examples; {device}"
+              f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}; {out}"
+              f"{f' (resumed at epoch {start})' if ckpt is not None else ''}")
+    if ckpt is None:
+        empty = {k: None for k in METRICS}
+        history = [{"epoch": 0, "lr": None, **empty, **(test_metrics() if config.eval_every else {})}]
+        if ctx.main:
+            save(out / "init.pt", 0, resumable=False)
+            rundir.write_metrics(out, history)
+        _say(ctx, _summary(history[-1], 0))
+
+    epochs = config.epochs if training else 0
+    for epoch in range(start, epochs):
+        lr = config.lr_at(epoch)
+        optimizer.set_lr(lr)
+        stats = train_epoch(runner, train_data, optimizer, generator, ctx, batch_size=config.batch_size, amp=amp,
+                            augmenting=config.augment, channels_last=channels_last,
+                            progress=config.progress and ctx.main, description=f"epoch {epoch + 1}/{epochs}")
+        done = epoch + 1
+        last = done == epochs
+        evaluated = bool(config.eval_every) and (done % config.eval_every == 0 or last)
+        test = test_metrics() if evaluated else {"test_loss": None, "test_acc": None}
+        history.append({"epoch": done, "lr": lr, **stats, **test})
+        _say(ctx, _summary(history[-1], epochs))
+        if ctx.main:
+            if config.save_every and done % config.save_every == 0:
+                save(rundir.epoch_file(out, done), done, resumable=False)
+            save(out / ("final.pt" if last else "last.pt"), done, resumable=not last)
+            rundir.write_metrics(out, history)
+            if last:
+                (out / "last.pt").unlink(missing_ok=True)
+    if not training and ctx.main:
+        save(out / "final.pt", 0, resumable=False)
+    distributed.barrier(ctx)
+    _say(ctx, f"done: {out / 'final.pt'}")
+    return out
+
+
+def _summary(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    if row.get("lr") is not None:
+        parts.append(f"lr {row['lr']:.4g}")
+    if row.get("train_loss") is not None:
+        parts.append(f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}")
+    if row.get("test_loss") is not None:
+        parts.append(f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}")
+    if row.get("seconds") is not None:
+        parts.append(f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s")
+    return "  ".join(parts)
