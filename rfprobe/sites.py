@@ -10,13 +10,18 @@ ResNets, VGG, MLPs and torchvision ResNets are handled alike:
   ResNet, 1 after the first stride-2 block, ...; always 0 for an MLP);
 - its **block** is the index of the residual addition whose branches contain it (-1 outside any block);
 - a **ReLU site** is keyed by what feeds the ReLU: the BN module's name, or `<block module>.add` for an
-  addition (CIFAR ResNets call `F.relu` and torchvision reuses one ReLU module, so ReLU modules are no key).
+  addition (CIFAR ResNets call `F.relu` and torchvision reuses one ReLU module, so ReLU modules are no key);
+- an **addition** (`AddSite`) is a residual addition with its two inputs told apart: the shortcut is the
+  input with fewer conv/linear layers since the fork, the residual branch the other one.
+
+Conv/linear layers count whether they are modules or functional calls (`F.conv2d` inside a weight-
+standardised conv module, which fx traces through; such a call is named after its module).
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -31,6 +36,7 @@ WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 ROLES = ("relu", "residual", "shortcut", "other")
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_WEIGHT_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv1d, torch.conv2d, torch.conv3d}
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,24 @@ class ReluSite:
     """the name of the ReLU's node in `Sites.graph`"""
 
 
+@dataclass(frozen=True)
+class AddSite:
+    name: str
+    """`<block module>.add` (as the ReLU site it feeds), or the node name at the top level"""
+    index: int
+    """the addition's order in the forward pass (the `block` of BNSite/ReluSite)"""
+    stage: int
+    n_channels: int
+    node: str
+    """the addition's node in `Sites.graph`"""
+    residual: str | None
+    """the node of the input with more conv/linear layers since the fork (None on a tie)"""
+    shortcut: str | None
+    """the node of the other input (None on a tie)"""
+    fork: str | None
+    """the last node both inputs depend on (the block's input for an identity shortcut)"""
+
+
 @dataclass
 class Sites:
     bn: list[BNSite]
@@ -66,6 +90,8 @@ class Sites:
     """the last Linear layer in forward order (the classifier), or None"""
     graph: fx.GraphModule
     """the traced model; it shares parameters and buffers with the model it was traced from"""
+    additions: list[AddSite] = field(default_factory=list)
+    """the residual additions in forward order"""
 
     def bn_by_name(self) -> dict[str, BNSite]:
         return {site.name: site for site in self.bn}
@@ -95,6 +121,11 @@ def _module_of(node: fx.Node, modules: dict[str, nn.Module], types) -> bool:
     return node.op == "call_module" and isinstance(modules.get(node.target), types)
 
 
+def _is_weight(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A conv/linear layer: a module call, or a functional call (fx traces through custom conv modules)."""
+    return _module_of(node, modules, WEIGHT_TYPES) or (node.op == "call_function" and node.target in _WEIGHT_FUNCTIONS)
+
+
 def _enclosing_module(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.keys())[-1] if stack else ""
@@ -114,11 +145,12 @@ def _shapes(graph: fx.GraphModule, model: nn.Module) -> None:
         raise RfprobeError("the model has no rfprobe_input_shape; build it with rfprobe.models.build_model")
     param = next(model.parameters(), None)
     device = param.device if param is not None else "cpu"
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            ShapeProp(graph).propagate(torch.zeros((2, *shape), device=device))
+            ShapeProp(graph).propagate(torch.zeros((2, *shape), device=device, dtype=dtype))
     finally:
         model.train(was_training)
 
@@ -146,6 +178,8 @@ def find_sites(model: nn.Module) -> Sites:
     block_of: dict[fx.Node, int] = {}
     shortcut_nodes: set[fx.Node] = set()
     add_names: dict[fx.Node, str] = {}
+    residual_input: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
+    fork_of: dict[fx.Node, fx.Node | None] = {}
     adds = [n for n in nodes if _is_add(n)]
     for b, add in enumerate(adds):
         left, right = [a for a in add.args[:2]]
@@ -156,12 +190,14 @@ def find_sites(model: nn.Module) -> Sites:
             common |= 1 << index[left]
         fork = common.bit_length() - 1
         sides = [branch(side, fork) if index[side] > fork else [] for side in (left, right)]
-        weights = [sum(_module_of(n, modules, WEIGHT_TYPES) for n in side) for side in sides]
+        weights = [sum(_is_weight(n, modules) for n in side) for side in sides]
         for side in sides:
             for n in side:
                 block_of.setdefault(n, b)
         if weights[0] != weights[1]:
             shortcut_nodes.update(sides[0] if weights[0] < weights[1] else sides[1])
+            residual_input[add] = (left, right) if weights[0] > weights[1] else (right, left)
+        fork_of[add] = nodes[fork] if fork >= 0 else None
         add_names[add] = f"{_enclosing_module(add)}.add" if _enclosing_module(add) else add.name
 
     stage_of: dict[fx.Node, int] = {}
@@ -169,7 +205,7 @@ def find_sites(model: nn.Module) -> Sites:
     for node in nodes:
         meta = node.meta.get("tensor_meta")
         shape = tuple(getattr(meta, "shape", ()))
-        if len(shape) >= 3 and (_module_of(node, modules, BN_TYPES) or _is_relu(node, modules)):
+        if len(shape) >= 3 and (_module_of(node, modules, BN_TYPES) or _is_relu(node, modules) or node in add_names):
             if shape[2:] not in sizes:
                 sizes.append(shape[2:])
             stage_of[node] = sizes.index(shape[2:])
@@ -204,6 +240,9 @@ def find_sites(model: nn.Module) -> Sites:
             key, source = feeder.target, "bn"
         elif feeder in add_names:
             key, source = add_names[feeder], "add"
+        elif feeder.op == "call_function" and feeder.target in _WEIGHT_FUNCTIONS and \
+                isinstance(modules.get(_enclosing_module(feeder)), WEIGHT_TYPES):
+            key, source = _enclosing_module(feeder), "other"
         else:
             key, source = (feeder.target if feeder.op == "call_module" else feeder.name), "other"
         meta = node.meta.get("tensor_meta")
@@ -213,5 +252,17 @@ def find_sites(model: nn.Module) -> Sites:
             block=block_of.get(node, -1) if source != "add" else adds.index(feeder),
             n_channels=channels, source=source, node=node.name))
 
+    add_sites = []
+    for b, add in enumerate(adds):
+        meta = add.meta.get("tensor_meta")
+        residual, shortcut = residual_input.get(add, (None, None))
+        add_sites.append(AddSite(
+            name=add_names[add], index=b, stage=stage_of.get(add, 0),
+            n_channels=int(meta.shape[1]) if meta is not None and len(meta.shape) >= 2 else 0, node=add.name,
+            residual=residual.name if residual is not None else None,
+            shortcut=shortcut.name if shortcut is not None else None,
+            fork=fork_of[add].name if fork_of[add] is not None else None))
+
     linears = [n.target for n in nodes if _module_of(n, modules, nn.Linear)]
-    return Sites(bn=bn_sites, relu=relu_sites, output_layer=linears[-1] if linears else None, graph=graph)
+    return Sites(bn=bn_sites, relu=relu_sites, output_layer=linears[-1] if linears else None, graph=graph,
+                 additions=add_sites)
