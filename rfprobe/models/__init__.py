@@ -132,3 +132,33 @@ def _torchvision(m, num_classes, bn_init="uniform"):
         return torchvision.models.get_model(m.group(1), weights=None, num_classes=num_classes)
     except ValueError:
         raise ValueError(f"torchvision has no model {m.group(1)!r}; see torchvision.models.list_models()") from None
+
+
+def _nf_resnet(m, num_classes, *, standardize, alpha=0.2, skip_init_gain=0.0, dropout=0.0):
+    from rfprobe.models.nf_resnet import NFResNet
+
+    return NFResNet(int(m.group(1)), int(m.group(2) or 16), num_classes, alpha=float(alpha),
+                    skip_init_gain=float(skip_init_gain), dropout=float(dropout), standardize=standardize)
+
+
+@register(r"nf_resnet_(\d+)(?:_(\d+))?", "nf_resnet_N[_W]",
+          "normalizer-free CIFAR ResNet: Scaled-WS convs, alpha 0.2, skip gain init 0 (options alpha, "
+          "skip_init_gain, dropout)")
+def _nf_resnet_ws(m, num_classes, bn_init="uniform", **options):
+    return _nf_resnet(m, num_classes, standardize=True, **options)
+
+
+@register(r"nf_he_resnet_(\d+)(?:_(\d+))?", "nf_he_resnet_N[_W]",
+          "nf_resnet_N[_W] with plain He-init convs (no weight standardisation, ReLU gain 1)")
+def _nf_resnet_he(m, num_classes, bn_init="uniform", **options):
+    return _nf_resnet(m, num_classes, standardize=False, **options)
+
+
+@register(r"cifar_preact_resnet_(\d+)(?:_(\d+))?", "cifar_preact_resnet_N[_W]",
+          "pre-activation (BN-ReLU-conv) CIFAR ResNet, cifar_resnet_N[_W] layout, OpenLTH init")
+def _cifar_preact_resnet(m, num_classes, bn_init="uniform"):
+    from rfprobe.models.nf_resnet import PreActResNet
+
+    model = PreActResNet(int(m.group(1)), int(m.group(2) or 16), num_classes)
+    init_openlth_(model, bn_init)
+    return model
