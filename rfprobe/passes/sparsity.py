@@ -1,0 +1,259 @@
+"""Activation sparsity at every ReLU site over a dataset, in one streaming forward pass (REFERENCE.md 1).
+
+Probes are inserted into a `torch.fx` trace of the model right after each ReLU node, so every site is
+seen exactly (CIFAR ResNets call `F.relu`, torchvision reuses one ReLU module: module hooks would miss or
+merge sites). A probe reduces its input at once, on the device, into per-channel accumulators (int64
+counts, float64 sums) and keeps no reference to it, so later in-place ops cannot change what was counted
+and memory does not grow with the number of examples. BN is in eval mode; everything runs under
+`torch.inference_mode()`.
+
+For a site with C channels and P positions per channel (H*W, or 1 after a BatchNorm1d), over N examples:
+
+- `zero_fraction[c]`   = #{(n, p): a[n, c, p] == 0} / (N P)
+- `mean_activation[c]` = sum_{n,p} a[n, c, p] / (N P);  `max_activation[c]` = max_{n,p} a[n, c, p]
+- `dead[c]`            = 1 if a[n, c, p] == 0 for every n and p (zero_fraction == 1), else 0
+- `example_zero_fraction[c]` = #{n: a[n, c, :] == 0 everywhere} / N
+- per example n: k_n = #{c: a[n, c, :] == 0 everywhere}; its fraction k_n / C is histogrammed in `bins`
+  equal bins on [0, 1] (bin i holds i/bins <= k/C < (i+1)/bins, the last bin includes 1), assigned with
+  integer arithmetic (floor(k * bins / C)) so no fraction falls on the wrong side of an edge; pooled over
+  the network the fraction is sum_sites k_n / sum_sites C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import xarray as xr
+
+from rfprobe.data import Data, batches
+from rfprobe.errors import RfprobeError
+from rfprobe.progress import track
+from rfprobe.results import layer_coords, provenance
+from rfprobe.sites import ReluSite, find_sites, trace
+
+THRESHOLDS = (1e-3, 1e-2, 5e-2, 0.1)
+DEFINITIONS = {
+    "sparsity_definition": "zero_fraction: fraction of (example, position) ReLU outputs exactly 0, per channel; "
+                           "BN in eval mode",
+    "dead_definition": "dead: a channel whose ReLU output is exactly 0 for every example and position",
+    "example_definition": "per example: fraction of the site's channels whose output is 0 at every position; "
+                          "example_zero_fraction[c]: fraction of examples for which channel c is entirely 0",
+    "histogram_definition": "example_zero_channel_hist: counts of examples by that per-example fraction k/C in "
+                            "equal bins on [0, 1] (bin i: i/bins <= k/C < (i+1)/bins, the last bin includes 1), "
+                            "assigned as floor(k*bins/C) in integers",
+    "pooled_definition": "pooled_zero_fraction: zeros / outputs over all sites (each output counts once); "
+                         "pooled_dead_fraction: dead channels / channels over all sites; pooled example "
+                         "fraction: sum over sites of entirely-0 channels / sum of channels, per example",
+    "small_gamma_definition": "small-gamma: |gamma| < threshold, gamma = weight of the BN feeding the ReLU "
+                              "(a BN without affine parameters counts as gamma=1, beta=0)",
+    "add_site_treatment": "sites fed by a residual addition (source=add) or anything but a BN (source=other) "
+                          "have no single gamma: gamma/beta are NaN there and they are left out of every "
+                          "small-gamma count (the dead counts include them; bn_dead_count does not)",
+}
+
+
+@dataclass
+class _Accumulators:
+    """Running per-channel reductions of one site (all on the device)."""
+
+    nonzero: torch.Tensor        # int64 (C,)
+    total: torch.Tensor          # float64 (C,)
+    maximum: torch.Tensor        # float32 (C,)
+    example_zero: torch.Tensor   # int64 (C,): examples for which the channel is entirely 0
+    hist: torch.Tensor           # int64 (bins,)
+    k_sum: torch.Tensor          # int64 (): sum over examples of entirely-0 channels
+    positions: int = 0
+
+
+class _Probe(nn.Module):
+    """Reduces the ReLU output it is given into its accumulators; returns nothing and keeps no reference."""
+
+    def __init__(self, acc: _Accumulators, batch_k: list, bins: int):
+        super().__init__()
+        self.acc, self.batch_k, self.bins = acc, batch_k, bins
+
+    def forward(self, a: torch.Tensor) -> None:
+        acc = self.acc
+        flat = a.reshape(a.shape[0], a.shape[1], -1)
+        acc.positions = flat.shape[2]
+        nonzero = torch.count_nonzero(flat, dim=2)
+        acc.nonzero += nonzero.sum(0)
+        acc.total += flat.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
+        torch.maximum(acc.maximum, flat.amax(2).amax(0).float(), out=acc.maximum)
+        entirely_zero = nonzero == 0
+        acc.example_zero += entirely_zero.sum(0)
+        k = entirely_zero.sum(1)
+        acc.k_sum += k.sum()
+        index = torch.clamp_max(k * self.bins // a.shape[1], self.bins - 1)
+        acc.hist.index_add_(0, index, torch.ones_like(index))
+        self.batch_k[0] += k
+
+
+def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tuple[fx.GraphModule, list[_Accumulators], list]:
+    """A fresh fx trace of `model` (sharing its parameters) with a probe after each ReLU site's node."""
+    graph_module = trace(model)
+    nodes = {node.name: node for node in graph_module.graph.nodes}
+    batch_k: list = [None]
+    accumulators = []
+    for i, site in enumerate(relu):
+        if site.node not in nodes:
+            raise RfprobeError(f"ReLU site {site.name}: node {site.node} not found when re-tracing the model")
+        c = site.n_channels
+        acc = _Accumulators(
+            nonzero=torch.zeros(c, dtype=torch.int64, device=device),
+            total=torch.zeros(c, dtype=torch.float64, device=device),
+            maximum=torch.full((c,), -torch.inf, dtype=torch.float32, device=device),
+            example_zero=torch.zeros(c, dtype=torch.int64, device=device),
+            hist=torch.zeros(bins, dtype=torch.int64, device=device),
+            k_sum=torch.zeros((), dtype=torch.int64, device=device))
+        accumulators.append(acc)
+        name = f"rfprobe_probe_{i}"
+        graph_module.add_submodule(name, _Probe(acc, batch_k, bins))
+        with graph_module.graph.inserting_after(nodes[site.node]):
+            graph_module.graph.call_module(name, (nodes[site.node],))
+    graph_module.recompile()
+    return graph_module, accumulators, batch_k
+
+
+def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta of the BN feeding each `bn`-source site, (layer, channel), NaN elsewhere."""
+    modules = dict(model.named_modules())
+    gamma = np.full((len(relu), width), np.nan)
+    beta = np.full((len(relu), width), np.nan)
+    for i, site in enumerate(relu):
+        if site.source != "bn":
+            continue
+        bn = modules[site.name]
+        c = site.n_channels
+        gamma[i, :c] = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else 1.0
+        beta[i, :c] = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else 0.0
+    return gamma, beta
+
+
+def _padded(values: list[np.ndarray], width: int) -> np.ndarray:
+    out = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):
+        out[i, :len(v)] = v
+    return out
+
+
+def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | torch.device = "cpu",
+        thresholds=THRESHOLDS, bins: int = 20, checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
+    """Activation sparsity of `model` over `data` (module docstring), joined with small-|gamma| counts.
+
+    `model` must be on `device`; it is put in eval mode for the pass and restored afterwards."""
+    if bins < 1:
+        raise RfprobeError(f"--bins must be at least 1, got {bins}")
+    thresholds = tuple(sorted(float(t) for t in thresholds))
+    if not thresholds or any(t <= 0 for t in thresholds):
+        raise RfprobeError("thresholds must be positive numbers")
+    was_training = model.training
+    model.eval()
+    try:
+        sites = find_sites(model)
+        relu = sites.relu
+        if not relu:
+            raise RfprobeError(f"{getattr(model, 'rfprobe_arch', type(model).__name__)} has no ReLU sites to probe")
+        probed, accumulators, batch_k = _instrument(model, relu, bins, device)
+        probed.eval()
+        total_channels = sum(site.n_channels for site in relu)
+        pooled_hist = torch.zeros(bins, dtype=torch.int64, device=device)
+        pooled_k = torch.zeros((), dtype=torch.int64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        n = len(data)
+        steps = (n + batch_size - 1) // max(batch_size, 1)
+        with torch.inference_mode():
+            for x, y in track(batches(data, batch_size, device), steps, "sparsity", progress):
+                batch_k[0] = torch.zeros(x.shape[0], dtype=torch.int64, device=device)
+                logits = probed(x)
+                correct += (logits.argmax(1) == y).sum()
+                pooled_k += batch_k[0].sum()
+                index = torch.clamp_max(batch_k[0] * bins // total_channels, bins - 1)
+                pooled_hist.index_add_(0, index, torch.ones_like(index))
+    finally:
+        model.train(was_training)
+    return _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins, thresholds, total_channels,
+                    checkpoint, data, device, command)
+
+
+def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins, thresholds, total_channels,
+             checkpoint, data, device, command) -> xr.Dataset:
+    width = max(site.n_channels for site in relu)
+    counts = [np.float64(n * acc.positions) for acc in accumulators]
+    nonzero = [acc.nonzero.cpu().numpy().astype(np.float64) for acc in accumulators]
+    zeros = [c - nz for c, nz in zip(counts, nonzero)]
+    dead = [(nz == 0).astype(np.float64) for nz in nonzero]
+    total = [acc.total.cpu().numpy() for acc in accumulators]
+    example_zero = [acc.example_zero.cpu().numpy().astype(np.float64) for acc in accumulators]
+    channels = np.array([site.n_channels for site in relu], dtype=np.int64)
+    gamma, beta = _affine(model, relu, width)
+    is_bn = np.array([site.source == "bn" for site in relu])
+    dead_matrix = _padded(dead, width)
+    small = np.abs(gamma)[None] < np.array(thresholds)[:, None, None]  # NaN compares False
+    small_count = np.where(is_bn[None], small.sum(2), np.nan)
+    dead_small = np.where(is_bn[None], (small & (dead_matrix[None] == 1)).sum(2), np.nan)
+    dead_count = np.array([d.sum() for d in dead])
+    edges = np.linspace(0.0, 1.0, bins + 1)
+
+    layer = ("layer",)
+    lc = ("layer", "channel")
+    ds = xr.Dataset(
+        {
+            "zero_fraction": (lc, _padded([z / c for z, c in zip(zeros, counts)], width)),
+            "mean_activation": (lc, _padded([t / c for t, c in zip(total, counts)], width)),
+            "max_activation": (lc, _padded([acc.maximum.cpu().double().numpy() for acc in accumulators], width)),
+            "dead": (lc, dead_matrix),
+            "example_zero_fraction": (lc, _padded([e / n for e in example_zero], width)),
+            "gamma": (lc, gamma),
+            "beta": (lc, beta),
+            "positions": (layer, np.array([acc.positions for acc in accumulators], dtype=np.int64)),
+            "layer_zero_fraction": (layer, np.array([z.sum() / (c * len(z)) for z, c in zip(zeros, counts)])),
+            "layer_mean_activation": (layer, np.array([t.sum() / (c * len(t)) for t, c in zip(total, counts)])),
+            "dead_count": (layer, dead_count.astype(np.int64)),
+            "dead_fraction": (layer, dead_count / channels),
+            "example_zero_channel_fraction_mean": (layer, np.array(
+                [float(acc.k_sum) / (n * c) for acc, c in zip(accumulators, channels)])),
+            "example_zero_channel_hist": (("layer", "bin"), np.stack([acc.hist.cpu().numpy() for acc in accumulators])),
+            "small_gamma_count": (("threshold", "layer"), small_count),
+            "dead_small_gamma_count": (("threshold", "layer"), dead_small),
+            "pooled_zero_fraction": ((), sum(z.sum() for z in zeros) / sum(c * len(z) for z, c in zip(zeros, counts))),
+            "pooled_dead_count": ((), int(dead_count.sum())),
+            "pooled_dead_fraction": ((), dead_count.sum() / total_channels),
+            "pooled_example_zero_channel_fraction_mean": ((), float(pooled_k) / (n * total_channels)),
+            "pooled_example_zero_channel_hist": (("bin",), pooled_hist.cpu().numpy()),
+            "bn_dead_count": ((), int(dead_count[is_bn].sum())),
+            "pooled_small_gamma_count": (("threshold",), np.nansum(small_count, axis=1).astype(np.int64)),
+            "pooled_dead_small_gamma_count": (("threshold",), np.nansum(dead_small, axis=1).astype(np.int64)),
+            "accuracy": ((), float(correct) / n),
+        },
+        coords={**layer_coords(relu), "channel": np.arange(width), "threshold": np.array(thresholds),
+                "bin_edges": ("bin_edge", edges)},
+        attrs=provenance("sparsity", checkpoint, dataset=data.name, split=data.split, n_examples=n,
+                         device=str(device), command=command, bins=bins,
+                         thresholds=", ".join(f"{t:g}" for t in thresholds), **DEFINITIONS),
+    )
+    return ds
+
+
+def headline(ds: xr.Dataset) -> dict[str, dict]:
+    """The numbers the CLI prints, per checkpoint label (JSON-able)."""
+    out = {}
+    for label in ds["checkpoint"].values:
+        one = ds.sel(checkpoint=label)
+        out[str(label)] = {
+            "accuracy": float(one["accuracy"]),
+            "zero_fraction": float(one["pooled_zero_fraction"]),
+            "dead": int(one["pooled_dead_count"]),
+            "channels": int(np.nansum(np.asarray(one["n_channels"].values, dtype=float))),
+            "dead_fraction": float(one["pooled_dead_fraction"]),
+            "bn_dead": int(one["bn_dead_count"]),
+            "small_gamma": {f"{t:g}": int(v) for t, v in zip(one["threshold"].values, one["pooled_small_gamma_count"].values)},
+            "dead_small_gamma": {f"{t:g}": int(v) for t, v in
+                                 zip(one["threshold"].values, one["pooled_dead_small_gamma_count"].values)},
+            "example_zero_channel_fraction": float(one["pooled_example_zero_channel_fraction_mean"]),
+        }
+    return out
