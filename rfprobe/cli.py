@@ -302,6 +302,109 @@ def dead(
     report_written(written)
 
 
+# ---------------------------------------------------------------- signal (signal propagation plots)
+
+
+def _signal_subjects(args: list[str], arch, num_classes, device, *, seed: int, bn_init: str,
+                     skip_init_gain: float | None):
+    """Each argument: an existing file is a checkpoint, anything else an architecture name (a fresh init
+    from `seed`). Returns (checkpoint or None, model, label) triples."""
+    from rfprobe.models import architecture_patterns, build_model
+
+    if skip_init_gain is not None and not any(a.startswith("nf_") and not Path(a).exists() for a in args):
+        raise RfprobeError("--skip-init-gain sets the skip gain of fresh nf_resnet / nf_he_resnet inits; "
+                           "no argument names one")
+    subjects = []
+    for arg in args:
+        if Path(arg).exists():
+            (ckpt,) = load_checkpoints([Path(arg)], arch, num_classes, device=device)
+            subjects.append((ckpt, ckpt.model, ckpt.label))
+            continue
+        options = {"skip_init_gain": skip_init_gain} if skip_init_gain is not None and arg.startswith("nf_") else {}
+        try:
+            model = build_model(arg, num_classes or 10, bn_init=bn_init, seed=seed, **options)
+        except RfprobeError as e:
+            if not str(e).startswith("unknown architecture"):
+                raise
+            raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
+                               f"({'; '.join(architecture_patterns())})") from None
+        subjects.append((None, model.to(device), arg))
+    return subjects
+
+
+@app.command()
+def signal(
+    models: Annotated[list[str], typer.Argument(help="checkpoint file(s) and/or architecture name(s) for a fresh "
+                                                     "init (an existing file is a checkpoint), e.g. nf_resnet_110")],
+    input_kind: Annotated[str, typer.Option("--input", help="gaussian (unit Gaussian noise) or data (a random batch of --dataset)")] = "gaussian",
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="examples in the one batch measured")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the input batch and of fresh inits")] = 0,
+    batch_stats: Annotated[bool, typer.Option("--batch-stats", help="BN normalises with the batch's statistics also for "
+                                                                    "trained checkpoints (always for fresh inits and epoch-0 checkpoints)")] = False,
+    bn_init: Annotated[str, typer.Option("--bn-init", help="BN init of fresh inits: uniform (OpenLTH), fixed (gamma 1, as the paper), oneone, positivenegative")] = "uniform",
+    skip_init_gain: Annotated[Optional[float], typer.Option("--skip-init-gain", help="skip gain of fresh nf_* inits (default 0, SkipInit; 1 shows the paper's SPPs)")] = None,
+    dataset: DatasetOpt = "synthetic",
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    split: SplitOpt = "test",
+    device: DeviceOpt = "auto",
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    label: LabelOpt = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block."""
+    from rfprobe.data import resolve_device
+    from rfprobe.passes import signal as signal_pass
+    from rfprobe.plots.signal import draw_signal
+
+    if input_kind not in signal_pass.INPUTS:
+        raise RfprobeError(f"unknown --input {input_kind!r}; choose gaussian or data")
+    dev = resolve_device(device)
+    subjects = _signal_subjects(models, arch, num_classes, dev, seed=seed, bn_init=bn_init, skip_init_gain=skip_init_gain)
+    labels = label if label else [s[2] for s in subjects]
+    if len(labels) != len(subjects):
+        raise RfprobeError(f"--label given {len(labels)} times for {len(subjects)} models; give one per model")
+    path, plot = prepare_outputs("signal", labels, out, plot, overwrite)
+    data_x, data_name = (signal_pass.data_input(dataset, batch, seed, split=split, root=data_root, download=download)
+                         if input_kind == "data" else (None, None))
+    results = []
+    for ckpt, model, _ in subjects:
+        x = data_x if data_x is not None else signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed)
+        at_init = ckpt is None or ckpt.epoch == 0
+        init = {} if ckpt is not None else {"init_seed": seed, "bn_init": bn_init,
+                                            "skip_init_gain": "" if skip_init_gain is None else skip_init_gain}
+        results.append(signal_pass.run(model, x.to(dev), batch_stats=batch_stats or at_init, checkpoint=ckpt,
+                                       input_kind=input_kind, dataset=data_name, split=split, seed=seed,
+                                       command=sys.argv, **init))
+    ds = signal_pass.stack_signals(results, labels)
+    written = write_outputs(ds, path, plot, draw_signal, overwrite)
+    summary = signal_pass.headline(ds)
+    if json_out:
+        print_json({"pass": "signal", "input": input_kind, "n_examples": int(ds.attrs["n_examples"]),
+                    "checkpoints": summary, "written": written})
+        return
+    from rich import box
+
+    table = Table(title=f"signal propagation (block 0 = stem), {input_kind} input, batch {ds.attrs['n_examples']}",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for lab in summary:
+        table.add_column(lab, justify="right")
+    rows = [("residual blocks", "blocks"), ("BN statistics", "bn_statistics"), ("variance: stem", "variance_stem"),
+            ("variance: last block", "variance_last"), ("variance: max", "variance_max"),
+            ("squared mean: max", "squared_mean_max"), ("residual variance: mean", "residual_variance_mean"),
+            ("expected variance: last", "expected_variance_last")]
+    for name, key in rows:
+        cells = [s[key] for s in summary.values()]
+        table.add_row(name, *[str(c) if isinstance(c, (str, int)) else "-" if c is None else f"{c:.4g}" for c in cells])
+    console.print(table)
+    report_written(written)
+
+
 # ---------------------------------------------------------------- entry point
 
 

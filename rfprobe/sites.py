@@ -146,13 +146,14 @@ def _shapes(graph: fx.GraphModule, model: nn.Module) -> None:
     param = next(model.parameters(), None)
     device = param.device if param is not None else "cpu"
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             ShapeProp(graph).propagate(torch.zeros((2, *shape), device=device, dtype=dtype))
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def find_sites(model: nn.Module) -> Sites:

@@ -1,0 +1,270 @@
+"""Signal propagation plots (SPPs; Brock, De, Smith 2021; REFERENCE.md section 3).
+
+One batch `x` goes through the model once. At the stem output (block 0: the input of the first residual
+block) and at the output of every residual addition (block b = 1, 2, ...), with per-channel statistics
+over examples and positions (n, h, w):
+
+- `squared_mean`       = mean_c( mean_{n,h,w}(x)^2 )           average channel squared mean
+- `variance`           = mean_c( var_{n,h,w}(x) )              average channel variance (biased, 1/(NHW))
+- `residual_variance`  = the same variance of the residual branch, taken before any scalar factor
+  between it and the addition (an NF block's `alpha * skip_gain`); NaN at block 0
+- `expected_variance`  = for NF-ResNets, the analytic Var(h_b) their betas are built from
+  (1 at the stem, + alpha^2 per block, 1 + alpha^2 after a transition; it assumes skip gain 1); NaN otherwise
+
+The additions and their residual/shortcut inputs come from `rfprobe.sites.find_sites` (the shortcut is
+the input with fewer conv/linear layers). The values are read by running the model's fx trace with an
+`fx.Interpreter` that reduces each watched node's output as soon as it is computed, so no hook is ever
+placed on the model (an OpenLTH block's `out + shortcut` is no module a hook could see).
+
+BatchNorm: with `batch_stats` every BN layer normalises with the batch's own statistics (train-mode BN
+with `track_running_stats` off, so running statistics and `num_batches_tracked` are never touched);
+otherwise it uses its running statistics (eval mode). Everything else is in eval mode (no dropout). The
+model's modes are restored afterwards, also when the pass raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import xarray as xr
+
+from rfprobe.data import batches, load_dataset
+from rfprobe.errors import RfprobeError
+from rfprobe.results import provenance, stack
+from rfprobe.sites import BN_TYPES, AddSite, Sites, find_sites
+
+INPUTS = ("gaussian", "data")
+BN_STATISTICS = ("batch", "running", "none")
+DEFINITIONS = {
+    "signal_sites": "block 0: the stem output (the input of the first residual block); block b >= 1: the output "
+                    "of the b-th residual addition (before any ReLU that follows it)",
+    "squared_mean_definition": "mean over channels of (mean over examples and positions of x)^2",
+    "variance_definition": "mean over channels of the biased variance (1/(N*H*W)) over examples and positions",
+    "residual_variance_definition": "variance (as above) of the residual branch before the scalar factors between "
+                                    "it and the addition (alpha * skip_gain in an NF block); the shortcut is the "
+                                    "addition's input with fewer conv/linear layers",
+    "expected_variance_definition": "NF-ResNets: the analytic Var(h) the betas are built from: 1 at the stem, "
+                                    "Var + alpha^2 per block, 1 + alpha^2 after a transition block (assumes skip "
+                                    "gain 1); NaN for other models",
+}
+_FLOAT_VARS = ("squared_mean", "variance", "residual_variance", "expected_variance")
+_FILL = {"site": "", "stage": -1, "transition": -1, "n_channels": 0}
+_SCALE_FUNCTIONS = {operator.mul: True, torch.mul: True, operator.truediv: False, torch.div: False}
+
+
+def channel_statistics(x: torch.Tensor) -> tuple[float, float]:
+    """(mean_c(mean^2), mean_c(var)) over all dims but the channel dim 1, in float64, variance biased."""
+    if x.ndim < 2:
+        raise RfprobeError(f"signal statistics need (N, C, ...) tensors, got shape {tuple(x.shape)}")
+    dims = [0, *range(2, x.ndim)]
+    var, mean = torch.var_mean(x.detach().to(torch.float64), dim=dims, correction=0)
+    return float((mean ** 2).mean()), float(var.mean())
+
+
+@contextlib.contextmanager
+def signal_mode(model: nn.Module, batch_stats: bool):
+    """Eval mode everywhere; with `batch_stats`, BN layers normalise with batch statistics without updating
+    their running statistics. Every module's `training` (and BN's `track_running_stats`) is restored on exit."""
+    saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
+    try:
+        model.eval()
+        if batch_stats:
+            for m in model.modules():
+                if isinstance(m, BN_TYPES):
+                    m.train()
+                    m.track_running_stats = False
+        yield model
+    finally:
+        for m, training, track in saved:
+            m.training = training
+            if track is not None:
+                m.track_running_stats = track
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _is_scalar(arg) -> bool:
+    if isinstance(arg, (int, float)):
+        return True
+    shape = _shape(arg)
+    return shape is not None and int(np.prod(shape, dtype=np.int64)) == 1
+
+
+def _branch_node(node: fx.Node, shape: tuple[int, ...]) -> fx.Node:
+    """Step back from an addition's residual input through multiplications/divisions by scalars."""
+    while node.op == "call_function" and node.target in _SCALE_FUNCTIONS and len(node.args) == 2:
+        a, b = node.args
+        if isinstance(a, fx.Node) and _shape(a) == shape and _is_scalar(b):
+            node = a
+        elif _SCALE_FUNCTIONS[node.target] and isinstance(b, fx.Node) and _shape(b) == shape and _is_scalar(a):
+            node = b
+        else:
+            break
+    return node
+
+
+def _enclosing(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack)[-1] if stack else ""
+
+
+def _stem_node(first: AddSite, nodes: dict[str, fx.Node]) -> fx.Node:
+    """The input of the first residual block: the first addition's fork, stepped back out of its block
+    (a transition block forks after its own pre-activation)."""
+    node = nodes[first.fork]
+    block = first.name[:-len(".add")] if first.name.endswith(".add") else None
+    while block and (_enclosing(node) == block or _enclosing(node).startswith(block + ".")):
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        if not inputs:
+            break
+        node = inputs[0]
+    return node
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a GraphModule, reducing the watched nodes' outputs with `channel_statistics` as they appear."""
+
+    def __init__(self, graph: fx.GraphModule, watched: set[str]):
+        super().__init__(graph)
+        self.watched = watched
+        self.stats: dict[str, tuple[float, float]] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.watched:
+            self.stats[n.name] = channel_statistics(out)
+        return out
+
+
+def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Sites | None = None) -> xr.Dataset:
+    """The SPP statistics (module docstring) of `model` on the batch `x`, on a `block` dimension.
+
+    Variables: squared_mean, variance, residual_variance, expected_variance (float64); site (the stem or the
+    addition's name), stage, transition (1 where the shortcut has conv/linear layers), n_channels."""
+    sites = sites if sites is not None else find_sites(model)
+    arch = getattr(model, "rfprobe_arch", type(model).__name__)
+    adds = sites.additions
+    if not adds:
+        raise RfprobeError(f"{arch} has no residual additions; signal propagation plots need a residual network")
+    undecided = [a.name for a in adds if a.residual is None]
+    if undecided:
+        raise RfprobeError(f"{arch}: cannot tell the residual branch from the shortcut at {undecided[0]} "
+                           f"(both inputs have as many conv/linear layers)")
+    nodes = {n.name: n for n in sites.graph.graph.nodes}
+    stem = _stem_node(adds[0], nodes)
+    branch = [_branch_node(nodes[a.residual], _shape(nodes[a.node])) for a in adds]
+    recorder = _Recorder(sites.graph, {stem.name, *(a.node for a in adds), *(b.name for b in branch)})
+    with signal_mode(model, batch_stats), torch.inference_mode():
+        recorder.run(x)
+    stats = recorder.stats
+    n = len(adds) + 1
+    expected = getattr(model, "expected_variance", None)
+    expected = np.asarray(expected, dtype=np.float64) if expected is not None and len(expected) == n else np.full(n, np.nan)
+    shortcut_layers = [nodes[a.shortcut] is not nodes[a.fork] for a in adds]
+    return xr.Dataset(
+        {
+            "squared_mean": ("block", np.array([stats[stem.name][0]] + [stats[a.node][0] for a in adds])),
+            "variance": ("block", np.array([stats[stem.name][1]] + [stats[a.node][1] for a in adds])),
+            "residual_variance": ("block", np.array([np.nan] + [stats[b.name][1] for b in branch])),
+            "expected_variance": ("block", expected),
+            "site": ("block", np.array(["stem"] + [a.name for a in adds], dtype=object)),
+            "stage": ("block", np.array([adds[0].stage] + [a.stage for a in adds], dtype=np.int64)),
+            "transition": ("block", np.array([0] + [int(t) for t in shortcut_layers], dtype=np.int64)),
+            "n_channels": ("block", np.array([(_shape(stem) or (0, 0))[1]] + [a.n_channels for a in adds], dtype=np.int64)),
+        },
+        coords={"block": np.arange(n, dtype=np.int64)},
+    )
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, BN_TYPES) for m in model.modules())
+
+
+def gaussian_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:
+    """`batch` examples of unit Gaussian noise of one example's `shape`, drawn on the CPU from `seed`."""
+    if batch < 2:
+        raise RfprobeError(f"--batch must be at least 2 (statistics over a batch), got {batch}")
+    return torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def data_input(dataset: str, batch: int, seed: int, *, split: str = "test", root: str | Path | None = None,
+               download: bool = False) -> tuple[torch.Tensor, str]:
+    """A batch of `batch` normalised examples drawn at random (from `seed`) from one split of `dataset`,
+    and the dataset's name."""
+    if batch < 2:
+        raise RfprobeError(f"--batch must be at least 2 (statistics over a batch), got {batch}")
+    data = load_dataset(dataset, split, root=root, download=download, seed=seed)
+    x, _ = next(batches(data, batch, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+    return x, data.name
+
+
+def run(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, checkpoint=None, input_kind: str = "gaussian",
+        dataset: str | None = None, split: str | None = None, seed: int | None = None, command=None,
+        **definitions) -> xr.Dataset:
+    """`measure` with provenance attrs: the SPP of one model (a checkpoint, or a fresh init when `checkpoint`
+    is None) on the batch `x`, which must be on the model's device. `bn_statistics` records batch/running/
+    none (no BN layers)."""
+    if input_kind not in INPUTS:
+        raise RfprobeError(f"unknown --input {input_kind!r}; choose gaussian or data")
+    shape = getattr(model, "rfprobe_input_shape", None)
+    if shape is not None and tuple(x.shape[1:2]) != tuple(shape[:1]):
+        raise RfprobeError(f"the input has {x.shape[1]} channels but {getattr(model, 'rfprobe_arch', 'the model')} "
+                           f"takes {shape[0]}")
+    ds = measure(model, x, batch_stats=batch_stats)
+    bn = "none" if not has_batchnorm(model) else "batch" if batch_stats else "running"
+    ds["bn_statistics"] = ((), np.array(bn, dtype=object))
+    attrs = provenance("signal", checkpoint, dataset=dataset if input_kind == "data" else "gaussian",
+                       split=split if input_kind == "data" else None, n_examples=int(x.shape[0]),
+                       device=str(x.device), command=command, input=input_kind,
+                       input_seed=-1 if seed is None else int(seed), **DEFINITIONS, **definitions)
+    if checkpoint is None:
+        attrs.update(arch=getattr(model, "rfprobe_arch", type(model).__name__), mode="init", epoch=0)
+    ds.attrs = attrs
+    return ds
+
+
+def stack_signals(datasets: list[xr.Dataset], labels: list[str]) -> xr.Dataset:
+    """`rfprobe.results.stack` after aligning every Dataset on the longest `block` range (NaN / empty
+    padding), so networks of different depths overlay in one Dataset."""
+    n = max(ds.sizes["block"] for ds in datasets)
+    blocks = np.arange(n, dtype=np.int64)
+    fill = {**{v: np.nan for v in _FLOAT_VARS}, **_FILL}
+    return stack([ds.reindex(block=blocks, fill_value=fill) for ds in datasets], labels)
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def headline(ds: xr.Dataset) -> dict[str, dict]:
+    """Per checkpoint: blocks measured (stem excluded), BN statistics, the variance at the stem, at the last
+    block and its maximum, the largest squared mean, the mean residual variance, the last expected variance
+    (None where undefined), and the full curves."""
+    out = {}
+    for label in ds["checkpoint"].values:
+        one = ds.sel(checkpoint=label)
+        valid = one["site"].values != ""
+        var, sq, res, exp = (one[v].values[valid] for v in ("variance", "squared_mean", "residual_variance", "expected_variance"))
+        out[str(label)] = {
+            "blocks": int(valid.sum()) - 1,
+            "bn_statistics": str(one["bn_statistics"].values),
+            "variance_stem": _finite_or_none(var[0]),
+            "variance_last": _finite_or_none(var[-1]),
+            "variance_max": _finite_or_none(np.nanmax(var)),
+            "squared_mean_max": _finite_or_none(np.nanmax(sq)),
+            "residual_variance_mean": _finite_or_none(np.nanmean(res[1:])) if len(res) > 1 else None,
+            "expected_variance_last": _finite_or_none(exp[-1]),
+            "curves": {v: [_finite_or_none(x) for x in arr] for v, arr in
+                       (("squared_mean", sq), ("variance", var), ("residual_variance", res), ("expected_variance", exp))},
+        }
+    return out
