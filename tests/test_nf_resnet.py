@@ -97,8 +97,9 @@ def test_he_init_variant_has_plain_convs_and_unit_gain():
 def test_options_dropout_and_errors():
     model = build_model("nf_resnet_8", dropout=0.25)
     assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.25
-    for kwargs in ({"dropout": 1.0}, {"alpha": 0.0}):
-        with pytest.raises(RfprobeError, match="nf_resnet_8"):
+    for kwargs, message in (({"dropout": 1.0}, "dropout"), ({"alpha": 0.3}, "unknown option"),
+                            ({"skip_init_gain": "x"}, "could not convert")):
+        with pytest.raises(RfprobeError, match=f"nf_resnet_8: .*{message}"):
             build_model("nf_resnet_8", **kwargs)
     with pytest.raises(RfprobeError, match="6n\\+2"):
         build_model("nf_resnet_9")

@@ -134,16 +134,18 @@ def _torchvision(m, num_classes, bn_init="uniform"):
         raise ValueError(f"torchvision has no model {m.group(1)!r}; see torchvision.models.list_models()") from None
 
 
-def _nf_resnet(m, num_classes, *, standardize, alpha=0.2, skip_init_gain=0.0, dropout=0.0):
+def _nf_resnet(m, num_classes, *, standardize, skip_init_gain=0.0, dropout=0.0, **unknown):
     from rfprobe.models.nf_resnet import NFResNet
 
-    return NFResNet(int(m.group(1)), int(m.group(2) or 16), num_classes, alpha=float(alpha),
-                    skip_init_gain=float(skip_init_gain), dropout=float(dropout), standardize=standardize)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; nf_* models take skip_init_gain, dropout")
+    return NFResNet(int(m.group(1)), int(m.group(2) or 16), num_classes, skip_init_gain=float(skip_init_gain),
+                    dropout=float(dropout), standardize=standardize)
 
 
 @register(r"nf_resnet_(\d+)(?:_(\d+))?", "nf_resnet_N[_W]",
-          "normalizer-free CIFAR ResNet: Scaled-WS convs, alpha 0.2, skip gain init 0 (options alpha, "
-          "skip_init_gain, dropout)")
+          "normalizer-free CIFAR ResNet: Scaled-WS convs, alpha 0.2, skip gain init 0 (options skip_init_gain, "
+          "dropout)")
 def _nf_resnet_ws(m, num_classes, bn_init="uniform", **options):
     return _nf_resnet(m, num_classes, standardize=True, **options)
 
