@@ -1,0 +1,190 @@
+"""The tangent forward and the exact geometry against brute force (dense sampling, grids, autograd, hand-folded BN)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfprobe.errors import RfprobeError
+from rfprobe.geometry import (Tangent, exact_distance, gradient_norms, hutchinson_norms, slice_partition, walk)
+from rfprobe.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny float64 ops are far slower with 2 threads on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomise_bn(model, seed=0):
+    """BN statistics and beta away from their defaults, so boundaries do not all pass through 0."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(m.num_features, generator=g))
+            m.bias.data.copy_(0.3 * torch.randn(m.num_features, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return Tangent.from_model(randomise_bn(build_model("mlp_2x8", 2, seed=0)))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = randomise_bn(build_model("cifar_resnet_8_2", seed=0), seed=1)
+    model.rfprobe_input_shape = (3, 8, 8)
+    return Tangent.from_model(model)
+
+
+def check_walk_against_sampling(tf, a, b, samples):
+    """Every sign change between consecutive samples has a walk breakpoint in that interval, and the
+    pattern is constant between consecutive breakpoints. Returns (walk breakpoints, sampled changes)."""
+    found = walk(tf, a[None], b[None]).t[0]
+    t = torch.linspace(0, 1, samples, dtype=torch.float64)
+    signs = tf.signs(a.double().flatten()[None] + t[:, None] * (b - a).double().flatten()[None], batch=4096)
+    changed = (signs[1:] != signs[:-1]).any(1).nonzero().flatten().numpy()
+    t = t.numpy()
+    for i in changed:
+        assert ((found >= t[i]) & (found <= t[i + 1])).any(), f"sampled change in [{t[i]}, {t[i + 1]}] missed by the walk"
+    edges = np.concatenate([[0.0], found, [1.0]])
+    region = np.searchsorted(edges, t, side="right") - 1
+    for r in np.unique(region):
+        inside = signs[region == r]
+        assert (inside == inside[0]).all(), f"pattern not constant between breakpoints {edges[r]} and {edges[r + 1]}"
+    assert np.all(np.diff(found) > 0)
+    return len(found), len(changed)
+
+
+def test_walk_equals_dense_sampling_mlp(mlp):
+    g = torch.Generator().manual_seed(1)
+    total_walk = total_sampled = 0
+    for _ in range(4):
+        a, b = 2 * torch.randn(2, 2, generator=g, dtype=torch.float64)
+        n_walk, n_sampled = check_walk_against_sampling(mlp, a, b, 100_001)
+        total_walk, total_sampled = total_walk + n_walk, total_sampled + n_sampled
+    assert total_walk == total_sampled > 10
+
+
+def test_walk_equals_dense_sampling_resnet(resnet):
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    b = a + 0.3 * torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    n_walk, n_sampled = check_walk_against_sampling(resnet, a, b, 20_001)
+    assert n_walk >= n_sampled > 5
+
+
+def test_batched_walk_equals_one_at_a_time(mlp):
+    g = torch.Generator().manual_seed(3)
+    a, b = 2 * torch.randn(2, 7, 2, generator=g, dtype=torch.float64)
+    together = walk(mlp, a, b, batch=3)
+    for i in range(7):
+        alone = walk(mlp, a[i:i + 1], b[i:i + 1])
+        assert len(alone.t[0]) == len(together.t[i])
+        np.testing.assert_allclose(alone.t[0], together.t[i], rtol=1e-12)  # matmul rounding depends on batch size
+        np.testing.assert_array_equal(alone.layer[0], together.layer[i])
+    np.testing.assert_allclose(together.length, (b - a).norm(dim=1).numpy())
+
+
+def test_slice_region_count_equals_dense_grid(mlp):
+    box = (-3.0, 3.0, -2.5, 2.5)
+    found = slice_partition(mlp, torch.zeros(2), torch.eye(2), box)
+    assert found.complete
+    u = torch.linspace(box[0], box[1], 1500, dtype=torch.float64)
+    v = torch.linspace(box[2], box[3], 1250, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(u, v, indexing="ij"), -1).reshape(-1, 2)
+    keys = {np.packbits(row).tobytes() for row in mlp.signs(grid, batch=1 << 20).numpy()}
+    assert keys <= set(found.patterns)
+    assert len(found.polygons) == len(keys) > 10
+    area = sum(0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], 1)) - np.dot(p[:, 1], np.roll(p[:, 0], 1))) for p in found.polygons)
+    assert area == pytest.approx(6.0 * 5.0, rel=1e-9)
+
+
+def reverse_mode_unit(tf, x, layer, unit):
+    x = x.double().clone().requires_grad_(True)
+    _, zs, _ = tf.net(x[None])
+    z = zs[layer].flatten()[unit]
+    (grad,) = torch.autograd.grad(z, x)
+    return z.item(), grad
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet"])
+def test_exact_distance_by_stepping(name, request):
+    tf = request.getfixturevalue(name)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        x = torch.randn(tf.input_shape, generator=g, dtype=torch.float64)
+        found = exact_distance(tf, x, chunk=50)
+        z, grad = reverse_mode_unit(tf, x, found.layer, found.layer_unit[found.layer])
+        assert found.distance == pytest.approx(abs(z) / grad.norm().item(), rel=1e-10)
+        normal = -np.sign(z) * grad / grad.norm()
+        unit = tf.layers[found.layer].offset + found.layer_unit[found.layer]
+        before = tf.signs(x[None])[0]
+        short = tf.signs((x + 0.999 * found.distance * normal)[None])[0]
+        past = tf.signs((x + 1.001 * found.distance * normal)[None])[0]
+        assert (short == before).all()
+        assert past[unit] != before[unit] and (past != before).sum() == 1
+
+
+def test_gradient_norms_equal_autograd_jacobian(resnet):
+    x = torch.randn(3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    z, norms = gradient_norms(resnet, x, chunk=37)
+    jac = torch.autograd.functional.jacobian(lambda x: torch.cat([z.flatten() for z in resnet.net(x[None])[1]]), x)
+    np.testing.assert_allclose(norms.numpy(), jac.flatten(1).norm(dim=1).numpy(), rtol=1e-10, atol=1e-12)
+    est_z, est = hutchinson_norms(resnet, x[None], 512, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(est_z[0].numpy(), z.numpy())
+    alive = norms > 0
+    error = (est[0][alive] / norms[alive] - 1).abs().mean()
+    assert 0.005 < error < 3 / np.sqrt(2 * 512)
+
+
+def test_bn_folded_by_hand_equals_tangent(resnet):
+    model = randomise_bn(build_model("mlp_2x8", 2, seed=0)).requires_grad_(False)
+    tf = Tangent.from_model(model)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    h, hand = x, []
+    for layer in model.layers:
+        bn = layer.bn
+        w = layer.linear.weight.double()
+        scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+        folded_w, folded_b = scale[:, None] * w, bn.bias.double() - scale * bn.running_mean.double()
+        z = h @ folded_w.T + folded_b
+        hand.append(z)
+        h = z.clamp_min(0)
+    _, zs = tf.forward(x)
+    for a, b in zip(hand, zs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
+    # the first conv + BN of the ResNet, folded by hand
+    conv, bn = resnet.net.get_submodule("conv"), resnet.net.get_submodule("bn")
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    hand = F.conv2d(images, conv.weight * scale[:, None, None, None], padding=1) + (bn.bias - scale * bn.running_mean)[None, :, None, None]
+    np.testing.assert_allclose(resnet.forward(images)[1][0].numpy(), hand.flatten(1).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_in_place_relu_does_not_overwrite_pre_activations():
+    model = nn.Sequential(nn.Linear(2, 6), nn.BatchNorm1d(6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    randomise_bn(model)
+    model.rfprobe_input_shape = (2,)
+    tf = Tangent.from_model(model.eval())
+    x = torch.randn(50, 2, dtype=torch.float64)
+    _, (z,) = tf.forward(x)
+    expected = model.double()[:2](x)
+    np.testing.assert_allclose(z.numpy(), expected.detach().numpy(), rtol=1e-12)
+    assert (z < 0).any()
+    assert model[2].inplace, "the caller's model must be left untouched"
+
+
+def test_max_pool_and_smooth_activations_are_refused():
+    with pytest.raises(RfprobeError, match="max pooling"):
+        Tangent.from_model(build_model("cifar_vgg_11"))
+    model = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2))
+    model.rfprobe_input_shape = (2,)
+    with pytest.raises(RfprobeError, match="GELU"):
+        Tangent.from_model(model)
