@@ -207,8 +207,7 @@ def affine(
     from rfprobe.passes import affine as affine_pass
     from rfprobe.plots.affine import affine_figure
 
-    if bins < 1:
-        raise RfprobeError(f"--bins must be at least 1, got {bins}")
+    affine_pass.shared_edges([], bins)  # validates --bins before any work
     ckpts = load_checkpoints(checkpoints, arch, num_classes)
     labels = labels_for(ckpts, label)
     path, plot = prepare_outputs("affine", labels, out, plot, overwrite)

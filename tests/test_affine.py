@@ -146,6 +146,7 @@ def test_cli_table_and_bad_input(two_runs, tmp_path, capsys):
     (tmp_path / "junk.pt").write_text("junk")
     for args, needle in [((tmp_path / "junk.pt",), "not a PyTorch checkpoint"),
                          ((two_runs[0], "--out", tmp_path / "a.zarr"), "exists"),
-                         ((two_runs[0], "--bins", "0", "--out", tmp_path / "b.zarr"), "--bins")]:
+                         ((two_runs[0], "--bins", "0", "--out", tmp_path / "b.zarr"), "--bins"),
+                         ((two_runs[0], "--bins", "100000", "--out", tmp_path / "b.zarr"), "--bins")]:
         code, stdout, err = run_cli(capsys, *args)
         assert code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1 and needle in err, err

@@ -140,6 +140,7 @@ def test_cli_table_pooled_first(two_runs, tmp_path, capsys):
     assert lines[first].split()[:3] == ["pooled", "all", "84"] and lines[first + 3].split()[0] == "bn"
 
 
+@pytest.mark.slow
 def test_cli_torchvision_resnet18_state_dict(tmp_path, capsys):
     path = tmp_path / "resnet18.pth"
     torch.save(build_model("torchvision:resnet18", num_classes=1000, seed=0).state_dict(), path)

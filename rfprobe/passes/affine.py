@@ -31,6 +31,7 @@ from rfprobe.sites import BN_TYPES, BNSite, find_sites
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 DEFAULT_BINS = 60
+MAX_BINS = 10_000
 AFFINE_DEFINITION = ("gamma = BN weight, beta = BN bias, eval-mode BN y = gamma * (x - running_mean) / "
                      "sqrt(running_var + eps) + beta; BN without affine parameters: gamma = 1, beta = 0")
 
@@ -81,8 +82,8 @@ def bn_affine(model: nn.Module, sites=None, what: str = "this pass") -> BNAffine
 def shared_edges(arrays: Sequence[np.ndarray], bins: int) -> np.ndarray:
     """`bins + 1` equal-width edges spanning the finite values of all `arrays` (a degenerate range is
     widened to +-0.5 around its value; no finite values at all gives [-1, 1])."""
-    if bins < 1:
-        raise RfprobeError(f"--bins must be at least 1, got {bins}")
+    if not 1 <= bins <= MAX_BINS:
+        raise RfprobeError(f"--bins must be between 1 and {MAX_BINS}, got {bins}")
     values = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.empty(0)
     values = values[np.isfinite(values)]
     lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
