@@ -301,6 +301,158 @@ def dead(
     report_written(written)
 
 
+# ---------------------------------------------------------------- sparsity, ablate (data passes)
+
+
+def _data_and_device(dataset: str, split: str, data_root: Path | None, download: bool, limit: int | None, device: str):
+    from rfprobe.data import load_dataset, resolve_device
+
+    dev = resolve_device(device)
+    data = load_dataset(dataset, split, root=data_root, download=download, limit=limit)
+    return data, dev
+
+
+@app.command()
+def sparsity(
+    checkpoints: CheckpointsArg,
+    dataset: DatasetOpt = "cifar10",
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
+    batch_size: BatchSizeOpt = 500,
+    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="|gamma| threshold for the small-gamma join, repeatable (default 1e-3 1e-2 5e-2 0.1)")] = None,
+    bins: Annotated[int, typer.Option("--bins", help="bins of the per-example histogram on [0, 1]")] = 20,
+    device: DeviceOpt = "auto",
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    label: LabelOpt = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero channels), joined with small |gamma|."""
+    from rfprobe.passes import sparsity as sparsity_pass
+    from rfprobe.plots.sparsity import sparsity_figure
+    from rfprobe.results import stack
+
+    data, dev = _data_and_device(dataset, split, data_root, download, limit, device)
+    ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
+    labels = labels_for(ckpts, label)
+    path, plot = prepare_outputs("sparsity", labels, out, plot, overwrite)
+    thresholds = tuple(threshold) if threshold else sparsity_pass.THRESHOLDS
+    results = [sparsity_pass.run(c.model, data, batch_size=batch_size, device=dev, thresholds=thresholds, bins=bins,
+                                 checkpoint=c, command=sys.argv, progress=not json_out) for c in ckpts]
+    ds = stack(results, labels)
+    written = write_outputs(ds, path, plot, sparsity_figure, overwrite)
+    summary = sparsity_pass.headline(ds)
+    if json_out:
+        print_json({"pass": "sparsity", "dataset": data.name, "split": data.split, "n_examples": len(data),
+                    "checkpoints": summary, "written": written})
+        return
+    from rich import box
+
+    table = Table(title=f"activation sparsity: {data.name} {data.split}, {len(data)} examples", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for lab in summary:
+        table.add_column(lab, justify="right")
+    rows = [("accuracy", lambda s: _pct(s["accuracy"])),
+            ("ReLU outputs = 0", lambda s: _pct(s["zero_fraction"])),
+            ("dead channels", lambda s: f"{s['dead']} / {s['channels']} ({_pct(s['dead_fraction'])})"),
+            ("  of them at BN sites", lambda s: str(s["bn_dead"])),
+            *[(f"  dead & |gamma| < {t}", lambda s, t=t: f"{s['dead_small_gamma'][t]} / {s['small_gamma'][t]} small")
+              for t in next(iter(summary.values()))["small_gamma"]],
+            ("entirely-0 channels / example", lambda s: _pct(s["example_zero_channel_fraction"]))]
+    for name, cell in rows:
+        table.add_row(name, *[cell(s) for s in summary.values()])
+    console.print(table)
+    report_written(written)
+
+
+@app.command()
+def ablate(
+    checkpoints: CheckpointsArg,
+    dataset: DatasetOpt = "cifar10",
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
+    batch_size: BatchSizeOpt = 500,
+    prune_below: Annotated[float, typer.Option("--prune-below", help="prune channels with |gamma| below this")] = 0.01,
+    keep_beta: Annotated[bool, typer.Option("--keep-beta", help="pruning sets gamma=0 but keeps beta (default: both 0)")] = False,
+    seeds: Annotated[int, typer.Option("--seeds", help="random-control draws (seeds 0..N-1)")] = 3,
+    fractions: Annotated[str, typer.Option("--fractions", help="comma-separated fractions of eligible channels for the smallest-|gamma| curve ('' for none)")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    reenable_pruned: Annotated[bool, typer.Option("--reenable-pruned", help="also restore gamma of the channels below --prune-below")] = False,
+    reenable_value: Annotated[str, typer.Option("--reenable-value", help="init (init.pt beside the checkpoint, else median), median (of the layer's live |gamma|), one")] = "init",
+    eligible: Annotated[str, typer.Option("--eligible", help="BNs whose channels may be pruned: all, no-shortcut, relu")] = "all",
+    device: DeviceOpt = "auto",
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    label: LabelOpt = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a pruning curve, re-enabling."""
+    from rfprobe.passes import ablate as ablate_pass
+    from rfprobe.plots.ablate import ablate_figure
+    from rfprobe.results import stack
+
+    if eligible not in ablate_pass.ELIGIBLE:
+        raise RfprobeError(f"unknown --eligible {eligible!r}; choose one of {', '.join(ablate_pass.ELIGIBLE)}")
+    if reenable_value not in ablate_pass.REENABLE_VALUES:
+        raise RfprobeError(f"unknown --reenable-value {reenable_value!r}; choose one of {', '.join(ablate_pass.REENABLE_VALUES)}")
+    try:
+        curve = tuple(float(f) for f in fractions.split(",") if f.strip())
+    except ValueError:
+        raise RfprobeError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
+    data, dev = _data_and_device(dataset, split, data_root, download, limit, device)
+    ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
+    labels = labels_for(ckpts, label)
+    path, plot = prepare_outputs("ablate", labels, out, plot, overwrite)
+    results = []
+    for c in ckpts:
+        init = None
+        if reenable_pruned and reenable_value == "init" and (c.path.parent / "init.pt").exists():
+            (init,) = load_checkpoints([c.path.parent / "init.pt"], arch, num_classes, device=dev)
+        results.append(ablate_pass.run(
+            c.model, data, prune_below=prune_below, keep_beta=keep_beta, seeds=seeds, fractions=curve,
+            reenable=reenable_pruned, reenable_value=reenable_value, init_model=init.model if init else None,
+            eligible=eligible, batch_size=batch_size, device=dev, checkpoint=c, init_checkpoint=init,
+            command=sys.argv, progress=not json_out))
+    ds = stack(results, labels)
+    written = write_outputs(ds, path, plot, ablate_figure, overwrite)
+    summary = ablate_pass.headline(ds)
+    if json_out:
+        print_json({"pass": "ablate", "dataset": data.name, "split": data.split, "n_examples": len(data),
+                    "prune_below": prune_below, "prune_operation": ds.attrs["prune_operation"],
+                    "eligible_bns": eligible, "checkpoints": summary, "written": written})
+        return
+    from rich import box
+
+    for lab, s in summary.items():
+        table = Table(title=f"{lab}: {s['n_pruned']} of {s['n_eligible']} eligible channels have |gamma| < {prune_below:g} "
+                            f"({_pct(s['pruned_fraction'])}; {ds.attrs['prune_operation']}; BNs: {eligible})",
+                      box=box.SIMPLE_HEAD)
+        for column in ("variant", "channels", "accuracy", "loss"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for variant, v in s["variants"].items():
+            spread = f" ± {100 * v['accuracy_std']:.1f}" if v["n_seeds"] > 1 else ""
+            table.add_row(variant, str(v["n_changed"]), f"{_pct(v['accuracy'])}{spread}", f"{v['loss']:.4f}")
+        console.print(table)
+        if s["curve"]:
+            curve_table = Table(title=f"{lab}: pruning the smallest-|gamma| fraction vs random", box=box.SIMPLE_HEAD)
+            for column in ("fraction", "channels", "smallest", "random (mean)"):
+                curve_table.add_column(column, justify="right")
+            for point in s["curve"]:
+                curve_table.add_row(f"{point['fraction']:g}", str(point["n_pruned"]), _pct(point["smallest"]),
+                                    _pct(point["random"]))
+            console.print(curve_table)
+    report_written(written)
+
+
 # ---------------------------------------------------------------- signal (signal propagation plots)
 
 

@@ -182,3 +182,15 @@ def test_bad_data_one_line_exit_2(tmp_path, capsys, command, problem, resnet):
     assert err.startswith("rfprobe: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert ("not found" in err) if problem == "root" else ("split" in err)
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_nan_channel_is_nan_not_zero(images):
+    model = build_model("cifar_resnet_8_4", seed=0).eval()
+    with torch.no_grad():
+        model.blocks[0].bn1.running_var[0] = -1.0  # sqrt(-1): every output of channel 0 is NaN
+    ds = sparsity.run(model, images, batch_size=48, bins=BINS)
+    one = ds.sel(layer="blocks.0.bn1", channel=0)
+    for name in ("zero_fraction", "mean_activation", "max_activation", "dead"):
+        assert np.isnan(float(one[name])), name
+    assert float(one["example_zero_fraction"]) == 0.0
+    assert int(ds["dead_count"].sel(layer="blocks.0.bn1")) == 0

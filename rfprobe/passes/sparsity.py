@@ -60,7 +60,7 @@ DEFINITIONS = {
 class _Accumulators:
     """Running per-channel reductions of one site (all on the device)."""
 
-    nonzero: torch.Tensor        # int64 (C,)
+    nonzero: torch.Tensor        # float64 (C,): outputs != 0 (NaN if any output was NaN)
     total: torch.Tensor          # float64 (C,)
     maximum: torch.Tensor        # float32 (C,)
     example_zero: torch.Tensor   # int64 (C,): examples for which the channel is entirely 0
@@ -80,11 +80,14 @@ class _Probe(nn.Module):
         acc = self.acc
         flat = a.reshape(a.shape[0], a.shape[1], -1)
         acc.positions = flat.shape[2]
-        nonzero = torch.count_nonzero(flat, dim=2)
-        acc.nonzero += nonzero.sum(0)
+        # a ReLU output is >= 0 (or NaN), so sign() is its nonzero indicator (torch.sign(nan) = 0: NaN
+        # channels are flagged through the NaN they put in `total`); summing it in float32 is exact
+        # (<= 2**24 positions) and ~10x faster on CPU than count_nonzero's bool -> int64 reduction
+        acc.nonzero += torch.sign(flat).sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
         acc.total += flat.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
-        torch.maximum(acc.maximum, flat.amax(2).amax(0).float(), out=acc.maximum)
-        entirely_zero = nonzero == 0
+        peak = flat.amax(2)
+        torch.maximum(acc.maximum, peak.amax(0).float(), out=acc.maximum)
+        entirely_zero = peak == 0  # all outputs >= 0, so max == 0 means all 0 (a NaN max is not 0)
         acc.example_zero += entirely_zero.sum(0)
         k = entirely_zero.sum(1)
         acc.k_sum += k.sum()
@@ -104,7 +107,7 @@ def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tu
             raise RfprobeError(f"ReLU site {site.name}: node {site.node} not found when re-tracing the model")
         c = site.n_channels
         acc = _Accumulators(
-            nonzero=torch.zeros(c, dtype=torch.int64, device=device),
+            nonzero=torch.zeros(c, dtype=torch.float64, device=device),
             total=torch.zeros(c, dtype=torch.float64, device=device),
             maximum=torch.full((c,), -torch.inf, dtype=torch.float32, device=device),
             example_zero=torch.zeros(c, dtype=torch.int64, device=device),
@@ -184,10 +187,10 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
              checkpoint, data, device, command) -> xr.Dataset:
     width = max(site.n_channels for site in relu)
     counts = [np.float64(n * acc.positions) for acc in accumulators]
-    nonzero = [acc.nonzero.cpu().numpy().astype(np.float64) for acc in accumulators]
-    zeros = [c - nz for c, nz in zip(counts, nonzero)]
-    dead = [(nz == 0).astype(np.float64) for nz in nonzero]
     total = [acc.total.cpu().numpy() for acc in accumulators]
+    nonzero = [np.where(np.isnan(t), np.nan, acc.nonzero.cpu().numpy()) for t, acc in zip(total, accumulators)]
+    zeros = [c - nz for c, nz in zip(counts, nonzero)]
+    dead = [np.where(np.isnan(nz), np.nan, nz == 0) for nz in nonzero]
     example_zero = [acc.example_zero.cpu().numpy().astype(np.float64) for acc in accumulators]
     channels = np.array([site.n_channels for site in relu], dtype=np.int64)
     gamma, beta = _affine(model, relu, width)
@@ -196,7 +199,7 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
     small = np.abs(gamma)[None] < np.array(thresholds)[:, None, None]  # NaN compares False
     small_count = np.where(is_bn[None], small.sum(2), np.nan)
     dead_small = np.where(is_bn[None], (small & (dead_matrix[None] == 1)).sum(2), np.nan)
-    dead_count = np.array([d.sum() for d in dead])
+    dead_count = np.array([np.nansum(d) for d in dead])
     edges = np.linspace(0.0, 1.0, bins + 1)
 
     layer = ("layer",)
