@@ -10,11 +10,14 @@ from rfprobe.plots import checkpoint_colors, plt
 
 PANELS = (("squared_mean", "avg. channel squared mean"), ("variance", "avg. channel variance"),
           ("residual_variance", "residual-branch variance"))
+LOG_RANGE = 1e-8
+"""the squared-mean panel shows at most this range below its maximum (a BN shortcut's exact zero mean would
+otherwise stretch the axis down to 1e-15)"""
 
 
 def draw_signal(ds: xr.Dataset, title: str | None = None):
     """A figure of the SPP panels of every checkpoint in the `signal` result `ds`; block 0 is the stem
-    output. The squared-mean panel is on a log scale when all its values are positive. Thin grey lines
+    output. The squared-mean panel is on a log scale (floored at LOG_RANGE times its maximum). Thin grey lines
     mark the transition blocks (a shortcut with conv/linear layers) of any checkpoint."""
     labels = [str(label) for label in ds["checkpoint"].values]
     colors = checkpoint_colors(labels)
@@ -31,8 +34,10 @@ def draw_signal(ds: xr.Dataset, title: str | None = None):
                 ax.plot(blocks, sel["expected_variance"].values, color=colors[label], linewidth=1.0,
                         linestyle="--", label=f"{label} (expected)")
         values = ds[var].values[np.isfinite(ds[var].values)]
-        if var == "squared_mean" and values.size and values.min() > 0:
+        if var == "squared_mean" and values.size and values.max() > 0:
             ax.set_yscale("log")
+            positive = values[values > 0]
+            ax.set_ylim(bottom=max(positive.min(), positive.max() * LOG_RANGE) / 2)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("block (0 = stem)")
     axes[1].legend(fontsize=7, frameon=False)
