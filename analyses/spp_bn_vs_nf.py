@@ -46,8 +46,9 @@ def measure_all(depth: int, batch: int, seed: int, device: str = "cpu"):
         name = pattern.format(depth=depth)
         model = build_model(name, seed=seed, **options).to(device)
         x = signal.gaussian_input(model.rfprobe_input_shape, batch, seed).to(device)
-        results.append(signal.run(model, x, batch_stats=True, seed=seed, command=sys.argv, init_seed=seed,
-                                  build_options=", ".join(f"{k}={v}" for k, v in options.items())))
+        one = signal.run(model, x, batch_stats=True, seed=seed, command=sys.argv, init_seed=seed)
+        one["build_options"] = ((), np.array(", ".join(f"{k}={v}" for k, v in options.items()), dtype=object))
+        results.append(one)
         labels.append(label)
     return signal.stack_signals(results, labels)
 
