@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +90,32 @@ def _functional_copy(graph: fx.GraphModule) -> None:
             node.target = node.target[:-1]
 
 
+class EvalBN(nn.Module):
+    """BN in eval mode as the fixed affine map it is: y = x * gamma / sqrt(var + eps) + (beta - mean * that)
+    per channel (a plain multiply-add, cheaper under forward-mode AD than batch_norm's decomposition)."""
+
+    def __init__(self, bn: nn.Module):
+        super().__init__()
+        scale = (bn.running_var + bn.eps).rsqrt()
+        if bn.affine:
+            scale = scale * bn.weight.detach()
+        shift = -bn.running_mean * scale + (bn.bias.detach() if bn.affine else 0)
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+
+def _load_jvp_decompositions() -> None:
+    """torch loads its JVP decompositions on the first JVP through a deprecated torch.jit.script call that
+    warns (a FutureWarning of torch's own); load them here, quietly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
 @dataclass
 class Layer:
     """One ReLU site of a `Tangent`: its key, its units' shape (C, *spatial) and where they sit in `concat`."""
@@ -132,7 +159,9 @@ class Tangent:
     @classmethod
     def from_model(cls, model: nn.Module, device=None, dtype=torch.float64) -> "Tangent":
         arch = getattr(model, "rfprobe_arch", type(model).__name__)
-        net_model = copy.deepcopy(model).eval()
+        _load_jvp_decompositions()
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        net_model = copy.deepcopy(model).to(device=device, dtype=dtype).eval().requires_grad_(False)
         sites = find_sites(net_model)
         graph = sites.graph
         _check_piecewise_affine(graph, arch)
@@ -159,11 +188,14 @@ class Tangent:
             layers.append(layer)
         output = next(n for n in graph.graph.nodes if n.op == "output")
         output.args = ((output.args[0], tuple(pre), tuple(n for n in inputs if n is not None)),)
+        for node in graph.graph.nodes:
+            if node.op == "call_module" and isinstance(modules[node.target], BN_TYPES):
+                if not modules[node.target].track_running_stats or modules[node.target].running_var is None:
+                    raise RfprobeError(f"partition: {arch}: BN {node.target} keeps no running statistics, so "
+                                       "it is not an affine map in eval mode")
+                graph.delete_submodule(node.target)
+                graph.add_submodule(node.target, EvalBN(modules[node.target]))
         graph.recompile()
-        device = torch.device(device) if device is not None else next(model.parameters()).device
-        graph.to(device=device, dtype=dtype)
-        for p in graph.parameters():
-            p.requires_grad_(False)
         tf = cls(graph, layers, tuple(model.rfprobe_input_shape), device, dtype)
         tf.has_input = [i is not None for i in inputs]
         with torch.no_grad():
@@ -208,6 +240,10 @@ class Tangent:
             _, zs = self.forward(x[start:start + batch])
             out.append(torch.cat(zs, 1) > 0)
         return torch.cat(out)
+
+    def rows(self, minimum: int = 1) -> int:
+        """Points per JVP that keep each (points, units) float64 tensor near 64 MB (at least `minimum`)."""
+        return max(minimum, min(1 << 14, (1 << 23) // max(self.n_units, 1)))
 
     def layer_of_unit(self) -> np.ndarray:
         return np.concatenate([np.full(layer.size, i) for i, layer in enumerate(self.layers)])

@@ -11,13 +11,7 @@ from rfprobe.geometry import (Tangent, exact_distance, gradient_norms, hutchinso
 from rfprobe.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 ops are far slower with 2 threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_bn(model, seed=0):
@@ -161,7 +155,7 @@ def test_bn_folded_by_hand_equals_tangent(resnet):
     for a, b in zip(hand, zs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
     # the first conv + BN of the ResNet, folded by hand
-    conv, bn = resnet.net.get_submodule("conv"), resnet.net.get_submodule("bn")
+    conv, bn = resnet.layers[0].producer, resnet.layers[0].bn
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     scale = bn.weight / (bn.running_var + bn.eps).sqrt()
     hand = F.conv2d(images, conv.weight * scale[:, None, None, None], padding=1) + (bn.bias - scale * bn.running_mean)[None, :, None, None]

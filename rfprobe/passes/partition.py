@@ -1,0 +1,415 @@
+"""`rfprobe partition`: exact linear-region (spline partition) statistics of a ReLU network.
+
+A ReLU network with BN in eval mode is continuous piecewise affine: its input space is split into convex
+regions, one per sign pattern of the ReLU inputs (REFERENCE.md section 2). Built on `rfprobe.geometry`
+(float64, BN as a fixed affine map), `run` measures, each as variables of one Dataset:
+
+- `breakpoints` `(segment_kind, segment)`: the exact number of region boundaries crossed along segments
+  (`train-train`: pairs of data points; `point-noise`: a data point to a N(0, I) point of the normalised
+  input space; `radius`: a data point to a point at distance `radius` in a uniformly random direction),
+  `segment_length`, `breakpoint_density` (crossings per unit length, pooled), and `breakpoints_layer`
+  (crossings by the layer of the crossing unit).
+- `exact_distance` `(exact_point)`: min_k |z_k| / ||grad_x z_k|| (exact, forward mode over the input
+  dimensions), per layer `exact_distance_layer` and the nearest unit's channel `exact_nearest_channel`;
+  `hutchinson_distance` `(point)` (and `_layer`): the same with ||grad z_k|| estimated from `probes`
+  Gaussian directions.
+- `unit_distance_*` per layer: d_k(x) = |z_k| sigma_k / (|gamma_k| ||w_k||), the distance of the layer's
+  input h (a patch, for a conv) to unit k's hyperplane <w_k, h> = mu_k - beta_k sigma_k / gamma_k
+  (|z_k| / ||w_k|| without BN), over every point and position; `data_spread` = sqrt(E ||h - E h||^2),
+  the RMS radius of those inputs; `unit_distance_ratio` = median d / spread; `unit_distance_hist` the
+  distribution of log10(d / spread).
+- `local_complexity` `(lc_point)`: the number of units whose sign is not constant over the 2n vertices
+  x +- r u_i (u_i orthonormal, r = 0.005, n = 20 as published; n = input dim when smaller).
+- `jitter_offset_std` `(layer, channel)`: with frozen weights, BN statistics recomputed on random
+  mini-batches of size B (train mode); each unit's boundary offset (mu_b - beta sigma_b / gamma) / ||w||
+  along its normal, its std over batches, against `jitter_offset_predicted` = sigma / (sqrt(B) ||w||).
+- `slice_*`: the exact partition of a 2-D plane (the input plane for 2-D inputs, else the plane through
+  three data points), its region count and a raster of region ids for drawing.
+
+`recalibrate_bn` replaces every BN's running statistics by the exact statistics of the data (BN as
+unsupervised "smart initialisation").
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import xarray as xr
+
+from rfprobe.data import Data, batches
+from rfprobe.errors import RfprobeError
+from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
+from rfprobe.results import layer_coords, provenance, stack
+from rfprobe.sites import BN_TYPES, find_sites
+
+SEGMENT_KINDS = ("train-train", "point-noise", "radius")
+LC_RADIUS = 0.005
+LC_VERTICES = 40
+HIST_EDGES = np.linspace(-4.0, 1.0, 51)
+DEFINITIONS = {
+    "walk_definition": "exact breakpoints along x(t) = a + t (b - a), t in [0, 1]: one JVP per region, next "
+                       "crossing min_k -z_k/dz_k > 0; segments: train-train (data pairs), point-noise "
+                       "(data point to N(0, I) in normalised input space), radius (data point to a point at "
+                       "distance `radius` in a uniform random direction)",
+    "distance_definition": "min_k |z_k| / ||grad_x z_k||, k over every ReLU input; exact by forward mode over "
+                           "input dims, or Hutchinson with `probes` N(0, I) directions",
+    "unit_distance_definition": "|z_k| sigma_k / (|gamma_k| ||w_k||) in the layer's input space (|z_k|/||w_k|| "
+                                "without BN); data_spread = sqrt(E||h - E h||^2) over layer inputs (patches)",
+    "local_complexity_definition": "units whose sign is not constant over x +- r u_i, u_i orthonormal (2n "
+                                   "vertices, n = min(20, input dim)), r = 0.005",
+    "jitter_definition": "std over mini-batches of (mu_b - beta sigma_b / gamma) / ||w|| with BN batch "
+                         "statistics (train mode, frozen weights); predicted sigma / (sqrt(B) ||w||)",
+    "geometry_dtype": "float64, BN in eval mode",
+}
+
+
+# ---------------------------------------------------------------- BN recalibration
+
+
+def recalibrate_bn(model: nn.Module, data: Data, batch_size: int = 256, device="cpu") -> nn.Module:
+    """A float64 copy of `model` whose every BN has running_mean / running_var = the exact mean and
+    population variance of its input over `data` (layers in forward order, each with its predecessors
+    already recalibrated, so the eval-mode network normalises the data exactly)."""
+    net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+    modules = dict(net.named_modules())
+    for site in find_sites(net).bn:
+        bn = modules[site.name]
+        sums = {"n": 0, "s": 0.0, "ss": 0.0}
+
+        def accumulate(module, args, sums=sums):
+            h = args[0].transpose(0, 1).flatten(1)
+            sums["n"] += h.shape[1]
+            sums["s"] = sums["s"] + h.sum(1)
+            sums["ss"] = sums["ss"] + h.square().sum(1)
+
+        handle = bn.register_forward_pre_hook(accumulate)
+        try:
+            with torch.no_grad():
+                for x, _ in batches(data, batch_size, device):
+                    net(x.double())
+        finally:
+            handle.remove()
+        mean = sums["s"] / sums["n"]
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_((sums["ss"] / sums["n"] - mean.square()).clamp_min(0))
+    return net
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _points(data: Data, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*batches(data, batch_size, device))
+    return torch.cat(xs).double(), torch.cat(ys)
+
+
+def segments(x: torch.Tensor, n: int, radius: float, generator: torch.Generator) -> dict[str, tuple]:
+    """The three kinds of segment (module docstring), `n` of each, from seeded random data points."""
+    n = min(n, x.shape[0] // 2)
+    if n < 1:
+        raise RfprobeError("partition: the walk needs at least 2 data points; raise --limit or set --segments 0")
+    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    a, b = x[order[:n]], x[order[n:2 * n]]
+    noise = torch.randn(a.shape, generator=generator, dtype=a.dtype).to(x.device)
+    direction = torch.randn(a.shape, generator=generator, dtype=a.dtype).to(x.device)
+    direction = direction / direction.flatten(1).norm(dim=1).view(-1, *([1] * (a.ndim - 1)))
+    return {"train-train": (a, b), "point-noise": (a, noise), "radius": (a, a + radius * direction)}
+
+
+def _walk_stats(tf: Tangent, segs: dict, batch: int) -> dict:
+    n = len(next(iter(segs.values()))[0])
+    counts = np.zeros((len(SEGMENT_KINDS), n), dtype=np.int64)
+    lengths = np.zeros((len(SEGMENT_KINDS), n))
+    by_layer = np.zeros((len(SEGMENT_KINDS), len(tf.layers)), dtype=np.int64)
+    for i, kind in enumerate(SEGMENT_KINDS):
+        result = walk(tf, *segs[kind], batch=tf.rows(batch))
+        counts[i], lengths[i] = result.counts, result.length
+        for layers in result.layer:
+            by_layer[i] += np.bincount(layers, minlength=len(tf.layers))
+    return {
+        "breakpoints": (("segment_kind", "segment"), counts),
+        "segment_length": (("segment_kind", "segment"), lengths),
+        "breakpoint_density": (("segment_kind",), counts.sum(1) / lengths.sum(1)),
+        "breakpoints_layer": (("segment_kind", "layer"), by_layer),
+    }
+
+
+def _distance_stats(tf: Tangent, x: torch.Tensor, exact_points: int, probes: int, batch: int,
+                    generator: torch.Generator) -> dict:
+    out = {}
+    if exact_points:
+        found = [exact_distance(tf, x[i]) for i in range(min(exact_points, x.shape[0]))]
+        spatial = np.array([layer.spatial for layer in tf.layers])
+        out["exact_distance"] = (("exact_point",), np.array([f.distance for f in found]))
+        out["exact_distance_layer"] = (("exact_point", "layer"), np.stack([f.layer_distance for f in found]))
+        out["exact_nearest_layer"] = (("exact_point",), np.array([f.layer for f in found], dtype=np.int64))
+        out["exact_nearest_channel"] = (("exact_point", "layer"), np.stack([f.layer_unit // spatial for f in found]))
+    if probes:
+        z, norms = hutchinson_norms(tf, x, probes, generator, batch=tf.rows(max(batch, probes)))
+        found = [nearest(tf, z[i], norms[i]) for i in range(x.shape[0])]
+        out["hutchinson_distance"] = (("point",), np.array([f.distance for f in found]))
+        out["hutchinson_distance_layer"] = (("point", "layer"), np.stack([f.layer_distance for f in found]))
+    return out
+
+
+def _patches(h: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """The inputs each unit of `conv` sees: (B * positions, fan_in) patches (Linear: h itself)."""
+    if isinstance(conv, nn.Linear):
+        return h.flatten(1)
+    if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str):
+        raise RfprobeError(f"partition: unit distances support Linear and Conv2d with numeric padding, not {conv}")
+    cols = F.unfold(h, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    return cols.transpose(1, 2).flatten(0, 1)
+
+
+def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
+    """Per layer: the median of |z| sigma / (|gamma| ||w||) over points and positions, the RMS radius of
+    the layer's inputs, their ratio, and the histogram of log10(distance / spread)."""
+    n_layers = len(tf.layers)
+    scale = []
+    for layer, wnorm in zip(tf.layers, tf.weight_norms()):
+        if wnorm is None:
+            scale.append(None)
+        elif layer.bn is not None:
+            bn = layer.bn
+            gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+            sigma = (bn.running_var + bn.eps).sqrt()
+            scale.append(sigma / (gamma.abs() * wnorm))
+        else:
+            scale.append(1 / wnorm)
+    distances = [[] for _ in range(n_layers)]
+    sums = [[0, 0.0, 0.0] for _ in range(n_layers)]
+    for start in range(0, x.shape[0], batch):
+        _, zs, hs = tf.forward(x[start:start + batch], with_inputs=True)
+        for i, layer in enumerate(tf.layers):
+            if scale[i] is None:
+                continue
+            z = zs[i].reshape(-1, layer.shape[0], layer.spatial)
+            distances[i].append((z.abs() * scale[i][None, :, None]).flatten().cpu())
+            p = _patches(hs[i], layer.producer)
+            sums[i][0] += p.shape[0]
+            sums[i][1] = sums[i][1] + p.sum(0)
+            sums[i][2] += float(p.square().sum())
+    median = np.full(n_layers, np.nan)
+    spread = np.full(n_layers, np.nan)
+    hist = np.full((n_layers, len(HIST_EDGES) - 1), np.nan)
+    for i in range(n_layers):
+        if scale[i] is None:
+            continue
+        n, s, ss = sums[i]
+        spread[i] = math.sqrt(max(ss / n - float((s / n).square().sum()), 0.0))
+        d = torch.cat(distances[i]).numpy()
+        median[i] = np.median(d)
+        with np.errstate(divide="ignore"):
+            counts, _ = np.histogram(np.clip(np.log10(d / spread[i]), HIST_EDGES[0], HIST_EDGES[-1]), HIST_EDGES)
+        hist[i] = counts / len(d)
+    return {
+        "unit_distance_median": (("layer",), median),
+        "data_spread": (("layer",), spread),
+        "unit_distance_ratio": (("layer",), median / spread),
+        "unit_distance_hist": (("layer", "bin"), hist),
+    }
+
+
+def local_complexity(tf: Tangent, x: torch.Tensor, generator: torch.Generator, radius: float = LC_RADIUS,
+                     vertices: int = LC_VERTICES) -> tuple[np.ndarray, np.ndarray]:
+    """Per point and layer: units whose sign is not constant over the vertices x +- radius u_i
+    (u_i orthonormal, random; min(vertices / 2, input dim) of them). Returns (total (N,), per layer (N, L))."""
+    dim = int(np.prod(tf.input_shape))
+    half = min(vertices // 2, dim)
+    per_layer = np.zeros((x.shape[0], len(tf.layers)), dtype=np.int64)
+    layer_of = torch.as_tensor(tf.layer_of_unit(), device=tf.device)
+    for i in range(x.shape[0]):
+        u, _ = torch.linalg.qr(torch.randn((dim, half), generator=generator, dtype=torch.float64))
+        u = u.T.to(tf.device)
+        points = x[i].flatten() + radius * torch.cat([u, -u])
+        s = tf.signs(points, batch=tf.rows())
+        changed = s.any(0) & ~s.all(0)
+        per_layer[i] = torch.bincount(layer_of[changed], minlength=len(tf.layers)).cpu().numpy()
+    return per_layer.sum(1), per_layer
+
+
+def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size: int, device,
+           generator: torch.Generator) -> dict:
+    """Boundary-offset spread under BN mini-batch statistics (module docstring), per (layer, channel)."""
+    net = copy.deepcopy(model).to(device=device, dtype=torch.float64).train()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    modules = dict(net.named_modules())
+    tracked = [i for i, layer in enumerate(tf.layers) if layer.bn is not None and layer.weight is not None]
+    stats: dict[int, list] = {i: [] for i in tracked}
+    handles = []
+    for i in tracked:
+
+        def capture(module, args, i=i):
+            h = args[0].transpose(0, 1).flatten(1)
+            stats[i].append(torch.stack([h.mean(1), h.var(1, unbiased=False)]))
+
+        handles.append(modules[tf.layers[i].site.name].register_forward_pre_hook(capture))
+    try:
+        with torch.no_grad():
+            for b, (x, _) in enumerate(batches(data, batch_size, device, shuffle=True, generator=generator, drop_last=True)):
+                if b >= n_batches:
+                    break
+                net(x.double())
+    finally:
+        for handle in handles:
+            handle.remove()
+    width = max(layer.shape[0] for layer in tf.layers)
+    measured = np.full((len(tf.layers), width), np.nan)
+    predicted = np.full((len(tf.layers), width), np.nan)
+    wnorms = tf.weight_norms()
+    for i in tracked:
+        if len(stats[i]) < 2:
+            raise RfprobeError(f"partition: --jitter-batches needs at least 2 full batches of {batch_size}; "
+                               f"the data has {len(data)} points")
+        bn = tf.layers[i].bn
+        gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+        beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
+        mu, var = torch.stack(stats[i]).unbind(1)
+        offsets = (mu - beta * (var + bn.eps).sqrt() / gamma) / wnorms[i]
+        c = offsets.shape[1]
+        measured[i, :c] = offsets.std(0).cpu().numpy()
+        predicted[i, :c] = ((bn.running_var + bn.eps).sqrt() / (math.sqrt(batch_size) * wnorms[i])).cpu().numpy()
+    ratio = np.full(len(tf.layers), np.nan)
+    for i in tracked:
+        ratio[i] = np.median(measured[i, :tf.layers[i].shape[0]] / predicted[i, :tf.layers[i].shape[0]])
+    return {
+        "jitter_offset_std": (("layer", "channel"), measured),
+        "jitter_offset_predicted": (("layer", "channel"), predicted),
+        "jitter_ratio": (("layer",), ratio),
+    }
+
+
+def plane_for(tf: Tangent, x: torch.Tensor, y: torch.Tensor):
+    """(origin, plane (D, 2), box, point coordinates, point labels): the input plane itself for 2-D inputs
+    (box = the data's bounding box + 10%), else the plane through x[0], x[1], x[2] (at (0,0), (1,0), (0,1))."""
+    if tf.input_shape == (2,):
+        lo, hi = x.min(0).values.cpu().numpy(), x.max(0).values.cpu().numpy()
+        margin = 0.1 * (hi - lo)
+        box = (lo[0] - margin[0], hi[0] + margin[0], lo[1] - margin[1], hi[1] + margin[1])
+        return torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64), box, x.cpu().numpy(), y.cpu().numpy()
+    if x.shape[0] < 3:
+        raise RfprobeError("partition: the 2-D slice needs 3 data points; raise --limit or pass --no-slice")
+    origin = x[0].flatten()
+    plane = torch.stack([x[1].flatten() - origin, x[2].flatten() - origin], 1)
+    return origin, plane, (-0.25, 1.25, -0.25, 1.25), np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), y[:3].cpu().numpy()
+
+
+def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int, resolution: int, batch: int) -> dict:
+    origin, plane, box, points, labels = plane_for(tf, x, y)
+    found = slice_partition(tf, origin, plane, box, max_regions=max_regions, batch=batch)
+    u = np.linspace(box[0], box[1], resolution)
+    v = np.linspace(box[2], box[3], resolution)
+    grid = torch.as_tensor(np.stack(np.meshgrid(u, v), -1).reshape(-1, 2), dtype=torch.float64, device=tf.device)
+    pattern = tf.signs(origin.to(tf.device) + grid @ plane.to(tf.device).T, batch=tf.rows(batch)).cpu().numpy()
+    keys = [np.packbits(row).tobytes() for row in pattern]
+    raster = np.array([found.patterns.get(k, -1) for k in keys], dtype=np.int64).reshape(resolution, resolution)
+    edges = np.concatenate([np.stack([poly, np.roll(poly, -1, 0)], 1) for poly in found.polygons]) \
+        if found.polygons else np.zeros((0, 2, 2))
+    return {
+        "slice_regions": ((), len(found.polygons)),
+        "slice_complete": ((), int(found.complete)),
+        "slice_raster_regions": ((), len(set(keys))),
+        "slice_raster": (("slice_v", "slice_u"), raster),
+        "slice_edges": (("slice_edge", "end", "axis"), edges),
+        "slice_points": (("slice_point", "axis"), points),
+        "slice_point_label": (("slice_point",), labels.astype(np.int64)),
+        "slice_box": (("box_side",), np.array(box, dtype=np.float64)),
+    }, {"slice_u": u, "slice_v": v}
+
+
+# ---------------------------------------------------------------- the pass
+
+
+def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = 32, radius: float = 1.0,
+        exact_points: int = 4, probes: int = 64, lc_points: int = 64, jitter_batches: int = 32,
+        jitter_batch_size: int = 64, slice_plane: bool = True, slice_max_regions: int = 2000,
+        slice_resolution: int = 128, recalibrate: bool = False, batch_size: int = 64, device="cpu", seed: int = 0,
+        command: Sequence[str] | None = None) -> xr.Dataset:
+    """All partition statistics of one model on `data` (module docstring); a count of 0 skips a statistic."""
+    for name, value in (("--segments", segments_per_kind), ("--exact-points", exact_points), ("--probes", probes),
+                        ("--lc-points", lc_points), ("--jitter-batches", jitter_batches)):
+        if value < 0:
+            raise RfprobeError(f"{name} must be >= 0, got {value}")
+    if radius <= 0 or jitter_batch_size < 2 or slice_resolution < 2 or slice_max_regions < 1:
+        raise RfprobeError("partition: --radius must be > 0, --jitter-batch-size >= 2, --slice-resolution >= 2, "
+                           "--slice-max-regions >= 1")
+    device = torch.device(device)
+    if recalibrate:
+        model = recalibrate_bn(model, data, batch_size, device)
+    tf = Tangent.from_model(model, device=device)
+    x, y = _points(data, batch_size, device)
+    if x.shape[1:] != tf.input_shape:
+        raise RfprobeError(f"partition: the data's points have shape {tuple(x.shape[1:])} but the model takes "
+                           f"{tf.input_shape}; choose a matching --dataset")
+    generator = torch.Generator().manual_seed(seed)
+    variables: dict = {}
+    coords = {**layer_coords([layer.site for layer in tf.layers]),
+              "channel": ("channel", np.arange(max(layer.shape[0] for layer in tf.layers))),
+              "n_units": ("layer", np.array([layer.size for layer in tf.layers], dtype=np.int64))}
+    if segments_per_kind:
+        variables.update(_walk_stats(tf, segments(x, segments_per_kind, radius, generator), batch_size))
+        coords["segment_kind"] = ("segment_kind", np.array(SEGMENT_KINDS, dtype=object))
+    variables.update(_distance_stats(tf, x, exact_points, probes, batch_size, generator))
+    variables.update(_unit_distance_stats(tf, x, batch_size))
+    variables["bin_edges"] = (("bin_edge",), HIST_EDGES)
+    if lc_points:
+        total, per_layer = local_complexity(tf, x[:lc_points], generator)
+        variables["local_complexity"] = (("lc_point",), total)
+        variables["local_complexity_layer"] = (("lc_point", "layer"), per_layer)
+    if jitter_batches:
+        variables.update(jitter(model, tf, data, jitter_batches, jitter_batch_size, device, generator))
+    if slice_plane:
+        found, slice_coords = _slice_stats(tf, x, y, slice_max_regions, slice_resolution, batch_size)
+        variables.update(found)
+        coords.update({k: (k, v) for k, v in slice_coords.items()})
+    ds = xr.Dataset(variables, coords=coords)
+    ds = ds.set_coords("bin_edges")
+    ds.attrs = provenance(
+        "partition", checkpoint, dataset=data.name, split=data.split, n_examples=len(data), device=str(device),
+        command=command, **DEFINITIONS, recalibrate_bn=int(recalibrate), segments=segments_per_kind, radius=radius,
+        exact_points=exact_points, probes=probes, lc_points=lc_points, lc_radius=LC_RADIUS,
+        lc_vertices=2 * min(LC_VERTICES // 2, int(np.prod(tf.input_shape))), jitter_batches=jitter_batches,
+        jitter_batch_size=jitter_batch_size, slice_max_regions=slice_max_regions, seed=seed)
+    return ds
+
+
+def stack_results(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
+    """`results.stack` after NaN-padding the one ragged dimension (`slice_edge`) to the longest."""
+    if all("slice_edge" in ds.dims for ds in datasets):
+        longest = max(ds.sizes["slice_edge"] for ds in datasets)
+        datasets = [ds.pad(slice_edge=(0, longest - ds.sizes["slice_edge"])) if ds.sizes["slice_edge"] < longest
+                    else ds for ds in datasets]
+    return stack(datasets, labels)
+
+
+def headline(ds: xr.Dataset) -> dict[str, dict]:
+    """The summary numbers per checkpoint (for the table and --json)."""
+    out = {}
+    for label in ds["checkpoint"].values:
+        one = ds.sel(checkpoint=label)
+        row: dict = {}
+        if "breakpoint_density" in one:
+            for kind in one["segment_kind"].values:
+                row[f"breakpoints_per_length:{kind}"] = float(one["breakpoint_density"].sel(segment_kind=kind))
+                row[f"regions_per_segment:{kind}"] = float(one["breakpoints"].sel(segment_kind=kind).mean()) + 1
+        for name in ("exact_distance", "hutchinson_distance"):
+            if name in one:
+                row[f"median_{name}"] = float(np.median(one[name].values))
+        if "local_complexity" in one:
+            row["mean_local_complexity"] = float(one["local_complexity"].mean())
+        for name in ("unit_distance_ratio", "jitter_ratio"):
+            if name in one and np.isfinite(one[name].values).any():
+                row[f"median_{name}"] = float(np.nanmedian(one[name].values))
+        if "slice_regions" in one:
+            row["slice_regions"] = int(one["slice_regions"])
+            row["slice_complete"] = bool(int(one["slice_complete"]))
+        out[str(label)] = row
+    return out
