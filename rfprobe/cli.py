@@ -556,6 +556,78 @@ def signal(
     report_written(written)
 
 
+# ---------------------------------------------------------------- partition (exact linear regions)
+
+
+@app.command()
+def partition(
+    checkpoints: CheckpointsArg,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs] (default: the checkpoint's own, else cifar10)")] = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    split: SplitOpt = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="use the first N examples (every statistic runs on these)")] = 256,
+    batch_size: BatchSizeOpt = 64,
+    recalibrate_bn: Annotated[bool, typer.Option("--recalibrate-bn", help="first set every BN's running mean/var to the exact statistics of the data (on a copy)")] = False,
+    segments: Annotated[int, typer.Option("--segments", help="segments walked per kind (train-train, point-noise, radius); 0 skips")] = 16,
+    radius: Annotated[float, typer.Option("--radius", help="length of the random-direction segments, in normalised input units")] = 1.0,
+    exact_points: Annotated[int, typer.Option("--exact-points", help="points with the exact nearest-boundary distance (one JVP per input dim each); 0 skips")] = 2,
+    probes: Annotated[int, typer.Option("--probes", help="Hutchinson directions per point for the distance on all points; 0 skips")] = 64,
+    lc_points: Annotated[int, typer.Option("--lc-points", help="points with the local complexity (40 vertices at radius 0.005); 0 skips")] = 32,
+    jitter_batches: Annotated[int, typer.Option("--jitter-batches", help="mini-batches for the BN jitter of boundary offsets; 0 skips")] = 16,
+    jitter_batch_size: Annotated[int, typer.Option("--jitter-batch-size", help="mini-batch size B of the jitter")] = 16,
+    slice_plane: Annotated[bool, typer.Option("--slice/--no-slice", help="exact 2-D slice (input plane for 2-D data, else the plane through 3 points)")] = True,
+    slice_max_regions: Annotated[int, typer.Option("--slice-max-regions", help="stop enumerating the slice after this many regions")] = 2000,
+    slice_resolution: Annotated[int, typer.Option("--slice-resolution", help="raster side of the drawn slice")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="seed of segments, probes, directions and batches")] = 0,
+    device: DeviceOpt = "auto",
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    label: LabelOpt = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer
+    distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode)."""
+    from rfprobe.data import load_dataset, resolve_device
+    from rfprobe.passes import partition as partition_pass
+    from rfprobe.plots.partition import partition_figure
+    from rfprobe.progress import track
+
+    dev = resolve_device(device)
+    ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
+    labels = labels_for(ckpts, label)
+    path, plot = prepare_outputs("partition", labels, out, plot, overwrite)
+    name = dataset or ckpts[0].dataset or "cifar10"
+    data = load_dataset(name, split, root=data_root, download=download, limit=limit)
+    results = []
+    for c in track(ckpts, len(ckpts), "partition", enabled=not json_out and len(ckpts) > 1):
+        results.append(partition_pass.run(
+            c.model, data, checkpoint=c, segments_per_kind=segments, radius=radius, exact_points=exact_points,
+            probes=probes, lc_points=lc_points, jitter_batches=jitter_batches, jitter_batch_size=jitter_batch_size,
+            slice_plane=slice_plane, slice_max_regions=slice_max_regions, slice_resolution=slice_resolution,
+            recalibrate=recalibrate_bn, batch_size=batch_size, device=dev, seed=seed, command=sys.argv))
+    ds = partition_pass.stack_results(results, labels)
+    written = write_outputs(ds, path, plot, partition_figure, overwrite)
+    summary = partition_pass.headline(ds)
+    if json_out:
+        print_json({"pass": "partition", "dataset": data.name, "split": data.split, "n_examples": len(data),
+                    "recalibrate_bn": recalibrate_bn, "checkpoints": summary, "written": written})
+        return
+    table = Table(title=f"linear regions: {data.name} {data.split}, {len(data)} points"
+                        f"{', BN recalibrated on them' if recalibrate_bn else ''}")
+    table.add_column("")
+    for lab in summary:
+        table.add_column(lab, justify="right")
+    for key in dict.fromkeys(k for row in summary.values() for k in row):
+        table.add_row(key.replace("_", " "), *[f"{row[key]:.4g}" if isinstance(row.get(key), float) else str(row.get(key, "-"))
+                                               for row in summary.values()])
+    console.print(table)
+    report_written(written)
+
+
 # ---------------------------------------------------------------- entry point
 
 
