@@ -59,11 +59,22 @@ _SCALE_FUNCTIONS = {operator.mul: True, torch.mul: True, operator.truediv: False
 
 
 def channel_statistics(x: torch.Tensor) -> tuple[float, float]:
-    """(mean_c(mean^2), mean_c(var)) over all dims but the channel dim 1, in float64, variance biased."""
+    """(mean_c(m_c^2), mean_c(v_c)) for per-channel mean m_c and biased variance v_c over every dim but 1.
+
+    Two passes with float64 accumulation (no float64 copy of `x`): m_c = sum(x_c) / n, then
+    v_c = sum((x_c - m'_c)^2) / n - (m_c - m'_c)^2 with m'_c = m_c rounded to x's dtype (the centred sum
+    avoids the cancellation of E[x^2] - m^2 when the mean is large)."""
     if x.ndim < 2:
         raise RfprobeError(f"signal statistics need (N, C, ...) tensors, got shape {tuple(x.shape)}")
-    dims = [0, *range(2, x.ndim)]
-    var, mean = torch.var_mean(x.detach().to(torch.float64), dim=dims, correction=0)
+    x = x.detach().reshape(x.shape[0], x.shape[1], -1)  # (N, C, positions)
+    n = x.shape[0] * x.shape[2]
+
+    def channel_sum(t):  # one contiguous reduction, then the batch: much faster than sum(dim=(0, 2))
+        return t.sum(dim=2, dtype=torch.float64).sum(dim=0)
+
+    mean = channel_sum(x) / n
+    rounded = mean.to(x.dtype)
+    var = channel_sum((x - rounded.view(1, -1, 1)).square()) / n - (mean - rounded.to(torch.float64)) ** 2
     return float((mean ** 2).mean()), float(var.mean())
 
 
