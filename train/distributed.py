@@ -69,15 +69,6 @@ def broadcast_buffers(ctx: Context, model: nn.Module) -> None:
             dist.broadcast(buffer, 0)
 
 
-def agree(ctx: Context, failed: bool) -> bool:
-    """True on every rank when any rank failed (so all ranks stop together)."""
-    if ctx.world == 1:
-        return failed
-    flag = torch.tensor([int(failed)])
-    dist.all_reduce(flag)
-    return bool(flag.item())
-
-
 class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-mode statistics are those of the global batch across ranks, on any backend
     (torch's SyncBatchNorm needs CUDA). mean = sum_r S1_r / n, var = sum_r sum (x - mean)^2 / n over the

@@ -57,6 +57,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: t
     augmenting = augmenting and data.x.dtype == torch.uint8 and data.x.dim() == 4
     order, draws = epoch_plan(n, batch_size, generator, augmenting)
     totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
+    totals[2] = steps * per_rank
     for step in track(range(steps), steps, description, enabled=progress):
         lo = step * batch_size + ctx.rank * per_rank
         index = order[lo:lo + per_rank]
@@ -71,8 +72,8 @@ def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: t
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            totals += torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double(),
-                                   torch.tensor(float(y.shape[0]), dtype=torch.float64, device=totals.device)])
+            totals[0] += loss.detach().double() * y.shape[0]
+            totals[1] += (logits.argmax(1) == y).sum()
     sum_all(ctx, totals)
     loss_sum, correct, count = totals.tolist()
     seconds = time.perf_counter() - start
@@ -89,14 +90,14 @@ def evaluate(model: nn.Module, data: Data, ctx: Context, *, batch_size: int = 50
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
     shard = replace(data, x=data.x[lo:hi], y=data.y[lo:hi])
     totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
+    totals[2] = hi - lo
     with torch.inference_mode(), autocast(ctx.device, amp):
         for x, y in batches(shard, batch_size, data.x.device):
             if x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             logits = model(x).float()
-            totals += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                   (logits.argmax(1) == y).sum().double(),
-                                   torch.tensor(float(y.shape[0]), dtype=torch.float64, device=totals.device)])
+            totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            totals[1] += (logits.argmax(1) == y).sum()
     sum_all(ctx, totals)
     loss_sum, correct, count = totals.tolist()
     return {"test_loss": loss_sum / max(count, 1), "test_acc": correct / max(count, 1)}

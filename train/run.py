@@ -81,6 +81,10 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
         diffs = config.differences(ckpt.hparams)
         if diffs:
             raise RfprobeError(f"--resume {out}: settings differ from the recorded run: {'; '.join(diffs)}")
+        recorded = ckpt.hparams.get("device_type")
+        if source.name == "last.pt" and recorded and recorded != device.type:
+            raise RfprobeError(f"--resume {out}: the run was trained on {recorded}; resume it on {recorded} "
+                               f"(the data generator's state is device-specific)")
         if source.name == "final.pt":
             _say(ctx, f"{out}: already complete ({ckpt.epoch} epochs); nothing to do")
             return out
@@ -123,7 +127,7 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
     if config.compile:
         runner = torch.compile(runner)
 
-    hparams = {**config.hparams(), "world_size": ctx.world, "command": " ".join(sys.argv)}
+    hparams = {**config.hparams(), "world_size": ctx.world, "device_type": device.type, "command": " ".join(sys.argv)}
 
     def save(path: Path, epoch: int, resumable: bool) -> None:
         meta = {"dataset": config.dataset, "mode": config.mode, "bn_init": config.bn_init, "seed": config.seed,
@@ -148,15 +152,15 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
               f"{len(train_data)} train / {len(test_data)} test {config.dataset} examples; {device}"
               f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}; {out}"
               f"{f' (resumed at epoch {start})' if ckpt is not None else ''}")
+    epochs = config.epochs if training else 0
     if ckpt is None:
         empty = {k: None for k in METRICS}
         history = [{"epoch": 0, "lr": None, **empty, **(test_metrics() if config.eval_every else {})}]
         if ctx.main:
             save(out / "init.pt", 0, resumable=False)
             rundir.write_metrics(out, history)
-        _say(ctx, _summary(history[-1], 0))
+        _say(ctx, _summary(history[-1], epochs))
 
-    epochs = config.epochs if training else 0
     for epoch in range(start, epochs):
         lr = config.lr_at(epoch)
         optimizer.set_lr(lr)
