@@ -319,21 +319,30 @@ def walk(tf: Tangent, a: torch.Tensor, b: torch.Tensor, *, delta: float = 1e-9, 
 
 
 def gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """For one point x: z (units,) and ||grad_x z_k|| (units,) exactly, by JVPs along the input basis,
-    `chunk` basis vectors per JVP: ||grad z_k||^2 = sum_i (J e_i)_k^2."""
-    x = tf._cast(x)[:1]
+    """z and ||grad_x z_k|| exactly for every unit, by JVPs along the input basis: ||grad z_k||^2 =
+    sum_i (J e_i)_k^2, `chunk` basis vectors per point per JVP (rows per JVP bounded by `tf.rows`).
+    x is one point (returns (units,) each) or a batch (N, ...) (returns (N, units) each)."""
+    single = x.shape == torch.Size(tf.input_shape)
+    x = tf._cast(x)
     dim = int(np.prod(tf.input_shape))
-    sumsq = torch.zeros(tf.n_units, dtype=tf.dtype, device=tf.device)
-    z = None
-    for start in range(0, dim, chunk):
-        stop = min(start + chunk, dim)
-        basis = torch.zeros((stop - start, dim), dtype=tf.dtype, device=tf.device)
-        basis[torch.arange(stop - start), torch.arange(start, stop)] = 1
-        zs, dzs = tf.jvp(x.expand(stop - start, *tf.input_shape).contiguous(), basis)
-        sumsq += torch.cat(dzs, 1).square().sum(0)
-        if z is None:
-            z = torch.cat([zz[0] for zz in zs])
-    return z, sumsq.sqrt()
+    chunk = min(chunk, dim)
+    per = max(1, tf.rows(chunk) // chunk)
+    zs_all, norms = [], []
+    for p0 in range(0, x.shape[0], per):
+        xs = x[p0:p0 + per]
+        m = xs.shape[0]
+        sumsq = torch.zeros((m, tf.n_units), dtype=tf.dtype, device=tf.device)
+        for start in range(0, dim, chunk):
+            c = min(chunk, dim - start)
+            basis = torch.zeros((c, dim), dtype=tf.dtype, device=tf.device)
+            basis[torch.arange(c), torch.arange(start, start + c)] = 1
+            zs, dzs = tf.jvp(xs.repeat_interleave(c, 0), basis.repeat(m, 1))
+            sumsq += torch.cat(dzs, 1).square().reshape(m, c, -1).sum(1)
+            if start == 0:
+                zs_all.append(torch.cat(zs, 1)[::c])
+        norms.append(sumsq.sqrt())
+    z, g = torch.cat(zs_all), torch.cat(norms)
+    return (z[0], g[0]) if single else (z, g)
 
 
 def hutchinson_norms(tf: Tangent, x: torch.Tensor, probes: int, generator: torch.Generator | None = None,

@@ -182,3 +182,12 @@ def test_max_pool_and_smooth_activations_are_refused():
     model.rfprobe_input_shape = (2,)
     with pytest.raises(RfprobeError, match="GELU"):
         Tangent.from_model(model)
+
+
+def test_batched_gradient_norms_equal_one_point_at_a_time(mlp):
+    x = torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    z, norms = gradient_norms(mlp, x, chunk=1)
+    for i in range(9):
+        z1, n1 = gradient_norms(mlp, x[i])
+        np.testing.assert_allclose(z[i].numpy(), z1.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(norms[i].numpy(), n1.numpy(), rtol=1e-12)

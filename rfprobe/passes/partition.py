@@ -21,7 +21,8 @@ regions, one per sign pattern of the ReLU inputs (REFERENCE.md section 2). Built
 - `local_complexity` `(lc_point)`: the number of units whose sign is not constant over the 2n vertices
   x +- r u_i (u_i orthonormal, r = 0.005, n = 20 as published; n = input dim when smaller).
 - `jitter_offset_std` `(layer, channel)`: with frozen weights, BN statistics recomputed on random
-  mini-batches of size B (train mode); each unit's boundary offset (mu_b - beta sigma_b / gamma) / ||w||
+  mini-batches of size B (train mode; each batch drawn independently, without replacement within it, so
+  the expected ratio to the prediction is sqrt((N - B) / (N - 1)) for a first layer); each unit's boundary offset (mu_b - beta sigma_b / gamma) / ||w||
   along its normal, its std over batches, against `jitter_offset_predicted` = sigma / (sqrt(B) ||w||).
 - `slice_*`: the exact partition of a 2-D plane (the input plane for 2-D inputs, else the plane through
   three data points), its region count and a raster of region ids for drawing.
@@ -42,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import xarray as xr
 
-from rfprobe.data import Data, batches
+from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
 from rfprobe.results import layer_coords, provenance, stack
@@ -252,12 +253,13 @@ def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size
             stats[i].append(torch.stack([h.mean(1), h.var(1, unbiased=False)]))
 
         handles.append(modules[tf.layers[i].site.name].register_forward_pre_hook(capture))
+    if len(data) < batch_size:
+        raise RfprobeError(f"partition: --jitter-batch-size {batch_size} is larger than the data ({len(data)} points)")
     try:
         with torch.no_grad():
-            for b, (x, _) in enumerate(batches(data, batch_size, device, shuffle=True, generator=generator, drop_last=True)):
-                if b >= n_batches:
-                    break
-                net(x.double())
+            for _ in range(n_batches):
+                index = torch.randperm(len(data), generator=generator)[:batch_size]
+                net(normalize(data.x[index].to(device), data.mean, data.std).double())
     finally:
         for handle in handles:
             handle.remove()
@@ -267,8 +269,7 @@ def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size
     wnorms = tf.weight_norms()
     for i in tracked:
         if len(stats[i]) < 2:
-            raise RfprobeError(f"partition: --jitter-batches needs at least 2 full batches of {batch_size}; "
-                               f"the data has {len(data)} points")
+            raise RfprobeError("partition: --jitter-batches must be at least 2")
         bn = tf.layers[i].bn
         gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
         beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
