@@ -164,3 +164,28 @@ def _cifar_preact_resnet(m, num_classes, bn_init="uniform"):
     model = PreActResNet(int(m.group(1)), int(m.group(2) or 16), num_classes)
     init_openlth_(model, bn_init)
     return model
+
+
+class _PlainHiddenLayer(nn.Module):
+    """Linear (with bias) then ReLU: an `mlp_DxW_nobn` layer."""
+
+    def __init__(self, f_in: int, f_out: int):
+        super().__init__()
+        self.linear = nn.Linear(f_in, f_out)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+@register(r"mlp_(\d+)x(\d+)_nobn", "mlp_DxW_nobn",
+          "mlp_DxW without BN: Linear(with bias)-ReLU layers; kaiming-normal weights, PyTorch's default "
+          "U(+-1/sqrt(fan_in)) biases", input_shape=lambda m, options: (options.get("in_features", 2),))
+def _mlp_nobn(m, num_classes, bn_init="uniform", in_features=2):
+    from rfprobe.models.mlp import MLP
+
+    depth, width = int(m.group(1)), int(m.group(2))
+    model = MLP(depth, width, num_classes, in_features)
+    sizes = [in_features] + [width] * depth
+    model.layers = nn.Sequential(*[_PlainHiddenLayer(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+    init_openlth_(model, bn_init)
+    return model
