@@ -207,3 +207,18 @@ def test_existing_run_directory_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as again:
         main([*args, "--resume"])
     assert again.value.code == 0 and "already complete" in capsys.readouterr().out
+
+
+def test_any_registry_model_trains_in_all_mode_and_bn_modes_need_bn(tmp_path, capsys):
+    out = train(Config(mode="all", out=str(tmp_path / "nf"), **{**TINY, "arch": "nf_resnet_8_4"}))
+    init, final = load_checkpoint(out / "init.pt"), load_checkpoint(out / "final.pt")
+    assert all(not torch.equal(a, b) for a, b in zip(init.model.parameters(), final.model.parameters()))
+    err = _error(["nf_resnet_8_4", "--mode", "bn", "--dataset", "synthetic", "--limit", "64", "--out", str(tmp_path / "x")], capsys)
+    assert "has no BatchNorm" in err
+
+
+def test_points_dataset_trains_without_augmentation(tmp_path):
+    """2-D toy points (float, not images) train an MLP; augmentation applies to images only."""
+    out = train(Config(arch="mlp_2x16", mode="all", dataset="toy2d:blobs", epochs=3, batch_size=50, lr=0.05,
+                       save_every=0, progress=False, threads=1, out=str(tmp_path / "mlp")))
+    assert load_checkpoint(out / "final.pt").metrics["test_acc"] > 0.9  # four well separated blobs

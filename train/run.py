@@ -95,13 +95,13 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
     if tuple(model.rfprobe_input_shape) != tuple(train_data.x.shape[1:]):
         raise RfprobeError(f"{config.arch} takes inputs of shape {tuple(model.rfprobe_input_shape)}, but {config.dataset} "
                            f"examples have shape {tuple(train_data.x.shape[1:])}")
+    trainable = select(model, config.mode, also=config.also, k=config.random_k,
+                       generator=torch.Generator().manual_seed(mask_seed(config.seed)),
+                       masks=(ckpt.masks or None) if ckpt else None)
     training = config.mode != "none"
     if training and len(train_data) < config.batch_size:
         raise RfprobeError(f"{len(train_data)} training examples is fewer than one batch (--batch-size {config.batch_size})")
     distributed.check_batch(ctx, config.batch_size)
-    trainable = select(model, config.mode, also=config.also, k=config.random_k,
-                       generator=torch.Generator().manual_seed(mask_seed(config.seed)),
-                       masks=(ckpt.masks or None) if ckpt else None)
     if ckpt is not None:
         model.load_state_dict(ckpt.model.state_dict())
     apply(model, trainable)
