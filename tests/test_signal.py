@@ -195,3 +195,44 @@ def test_existing_output_refused_before_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["signal", "nf_resnet_8", "--out", str(tmp_path / "x.zarr")])
     assert e.value.code == 2 and "exists" in capsys.readouterr().err
+
+
+class _TransitionFirst(nn.Module):
+    """A stem conv, then an NF transition block first (its shortcut forks after the block's pre-activation)."""
+
+    def __init__(self):
+        super().__init__()
+        from rfprobe.models.nf_resnet import GAMMA_RELU, NFBlock, ScaledStdConv2d
+
+        self.conv = ScaledStdConv2d(3, 4, 3, padding=1)
+        self.blocks = nn.Sequential(
+            NFBlock(4, 8, downsample=True, alpha=0.2, beta=1.0, gamma=GAMMA_RELU, skip_init_gain=1.0),
+            NFBlock(8, 8, downsample=False, alpha=0.2, beta=1.02, gamma=GAMMA_RELU, skip_init_gain=1.0))
+        self.rfprobe_input_shape = (3, 16, 16)
+
+    def forward(self, x):
+        return self.blocks(self.conv(x))
+
+
+def test_stem_is_the_first_block_input_when_it_forks_inside():
+    model = _TransitionFirst()
+    x = gaussian_input((3, 16, 16), 4, seed=0)
+    ds = measure(model, x, batch_stats=False)
+    with torch.no_grad():
+        stem = model.conv(x)
+        first = model.blocks[0](stem)
+    assert list(ds["transition"].values) == [0, 1, 0] and list(ds["site"].values) == ["stem", "blocks.0.add", "blocks.1.add"]
+    np.testing.assert_allclose(ds["variance"].values[:2], [_stats(stem)[1], _stats(first)[1]], rtol=1e-6)
+
+
+def test_non_finite_model_gives_nan_curves_and_null_headline():
+    from rfprobe.passes.signal import headline, stack_signals
+
+    model = build_model("cifar_resnet_8_4", seed=0)
+    with torch.no_grad():
+        model.blocks[1].conv1.weight.fill_(float("nan"))
+    ds = measure(model, gaussian_input((3, 32, 32), 4, seed=0), batch_stats=False)
+    assert np.isfinite(ds["variance"].values[:2]).all() and np.isnan(ds["variance"].values[2:]).all()
+    ds["bn_statistics"] = ((), np.array("running", dtype=object))
+    summary = headline(stack_signals([ds], ["nan"]))["nan"]
+    assert summary["variance_last"] is None and summary["variance_max"] == pytest.approx(float(ds["variance"][:2].max()))

@@ -37,7 +37,7 @@ import xarray as xr
 from rfprobe.data import batches, load_dataset
 from rfprobe.errors import RfprobeError
 from rfprobe.results import provenance, stack
-from rfprobe.sites import BN_TYPES, AddSite, Sites, find_sites
+from rfprobe.sites import BN_TYPES, AddSite, Sites, _enclosing_module, find_sites
 
 INPUTS = ("gaussian", "data")
 BN_STATISTICS = ("batch", "running", "none")
@@ -123,17 +123,12 @@ def _branch_node(node: fx.Node, shape: tuple[int, ...]) -> fx.Node:
     return node
 
 
-def _enclosing(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack)[-1] if stack else ""
-
-
 def _stem_node(first: AddSite, nodes: dict[str, fx.Node]) -> fx.Node:
     """The input of the first residual block: the first addition's fork, stepped back out of its block
     (a transition block forks after its own pre-activation)."""
     node = nodes[first.fork]
     block = first.name[:-len(".add")] if first.name.endswith(".add") else None
-    while block and (_enclosing(node) == block or _enclosing(node).startswith(block + ".")):
+    while block and (_enclosing_module(node) == block or _enclosing_module(node).startswith(block + ".")):
         inputs = [a for a in node.args if isinstance(a, fx.Node)]
         if not inputs:
             break
@@ -160,7 +155,8 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
     """The SPP statistics (module docstring) of `model` on the batch `x`, on a `block` dimension.
 
     Variables: squared_mean, variance, residual_variance, expected_variance (float64); site (the stem or the
-    addition's name), stage, transition (1 where the shortcut has conv/linear layers), n_channels."""
+    addition's name), stage, transition (1 where the shortcut is not the identity: a projection, or any op
+    between the fork and the addition), n_channels."""
     sites = sites if sites is not None else find_sites(model)
     arch = getattr(model, "rfprobe_arch", type(model).__name__)
     adds = sites.additions
@@ -257,6 +253,13 @@ def _finite_or_none(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _finite(values: np.ndarray, reduce) -> float | None:
+    """`reduce` over the finite values (None when there are none: NaN from a non-finite checkpoint)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(reduce(values)) if values.size else None
+
+
 def headline(ds: xr.Dataset) -> dict[str, dict]:
     """Per checkpoint: blocks measured (stem excluded), BN statistics, the variance at the stem, at the last
     block and its maximum, the largest squared mean, the mean residual variance, the last expected variance
@@ -271,9 +274,9 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
             "bn_statistics": str(one["bn_statistics"].values),
             "variance_stem": _finite_or_none(var[0]),
             "variance_last": _finite_or_none(var[-1]),
-            "variance_max": _finite_or_none(np.nanmax(var)),
-            "squared_mean_max": _finite_or_none(np.nanmax(sq)),
-            "residual_variance_mean": _finite_or_none(np.nanmean(res[1:])) if len(res) > 1 else None,
+            "variance_max": _finite(var, np.max),
+            "squared_mean_max": _finite(sq, np.max),
+            "residual_variance_mean": _finite(res[1:], np.mean),
             "expected_variance_last": _finite_or_none(exp[-1]),
             "curves": {v: [_finite_or_none(x) for x in arr] for v, arr in
                        (("squared_mean", sq), ("variance", var), ("residual_variance", res), ("expected_variance", exp))},

@@ -18,7 +18,7 @@ otherwise stretch the axis down to 1e-15)"""
 def draw_signal(ds: xr.Dataset, title: str | None = None):
     """A figure of the SPP panels of every checkpoint in the `signal` result `ds`; block 0 is the stem
     output. The squared-mean panel is on a log scale (floored at LOG_RANGE times its maximum). Thin grey lines
-    mark the transition blocks (a shortcut with conv/linear layers) of any checkpoint."""
+    mark the transition blocks (a shortcut that is not the identity) of any checkpoint."""
     labels = [str(label) for label in ds["checkpoint"].values]
     colors = checkpoint_colors(labels)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
