@@ -150,3 +150,15 @@ def test_cli_table_and_bad_input(two_runs, tmp_path, capsys):
                          ((two_runs[0], "--bins", "100000", "--out", tmp_path / "b.zarr"), "--bins")]:
         code, stdout, err = run_cli(capsys, *args)
         assert code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1 and needle in err, err
+
+
+def test_nan_gamma_left_out_of_summaries_and_never_dead():
+    from rfprobe.passes import dead
+
+    model = build_model("mlp_2x8")
+    with torch.no_grad():
+        model.layers[0].bn.weight.copy_(torch.tensor([float("nan"), 0.0, 0.5, -0.5, 1.0, 1.0, 1.0, 1.0]))
+    ds = affine.run(model)
+    assert float(ds["gamma_mean"][0]) == pytest.approx(statistics.fmean([0.0, 0.5, -0.5, 1.0, 1.0, 1.0, 1.0]))
+    assert int(ds["gamma_hist"][0].sum()) == 7 and np.isfinite(ds["pooled_abs_gamma_quantiles"].values).all()
+    assert dead.run(model, thresholds=[1e-3])["n_dead"].values[0].tolist() == [1]

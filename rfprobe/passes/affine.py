@@ -127,7 +127,7 @@ def run(model: nn.Module, *, gamma_edges: np.ndarray | None = None, beta_edges: 
         "abs_gamma_quantiles": (("layer", "quantile"), np.nanquantile(abs_gamma, QUANTILES, axis=1).T),
         **_summaries("pooled_gamma", pooled_gamma, ()),
         **_summaries("pooled_beta", pooled_beta, ()),
-        "pooled_abs_gamma_quantiles": (("quantile",), np.quantile(np.abs(pooled_gamma), QUANTILES)),
+        "pooled_abs_gamma_quantiles": (("quantile",), np.nanquantile(np.abs(pooled_gamma), QUANTILES)),
         "pooled_n_channels": ((), int(pooled_gamma.size)),
     }
     coords = {**affine.coords(), "quantile": ("quantile", np.array(QUANTILES)), "bin": ("bin", np.arange(len(gamma_edges) - 1)),
