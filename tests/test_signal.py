@@ -158,12 +158,15 @@ def test_cli_fresh_inits_and_checkpoints_stacked(tmp_path):
     assert np.isnan(ds["variance"].sel(checkpoint="run").values[4:]).all()
     assert list(ds["arch"].values) == ["cifar_resnet_8_4", "nf_resnet_14_4", "cifar_resnet_8_4"]
     assert ds.attrs["rfprobe_pass"] == "signal" and ds.attrs["input"] == "gaussian" and "variance_definition" in ds.attrs
-    # the same seed gives the same init and input: the fresh OpenLTH net equals the checkpoint's architecture at init,
-    # and a second run with --batch-stats measures the checkpoint with batch statistics
-    result = CliRunner().invoke(app, ["signal", str(ckpt), "--batch", "8", "--batch-stats", "--out",
-                                      str(tmp_path / "b.zarr"), "--json"])
+    # the checkpoint holds build_model("cifar_resnet_8_4", seed=0) untrained: with --batch-stats it is measured
+    # like the fresh init from the same (default) seed, on the same input
+    result = CliRunner().invoke(app, ["signal", str(ckpt), "cifar_resnet_8_4", "--batch", "8", "--batch-stats",
+                                      "--out", str(tmp_path / "b.zarr"), "--json"])
     assert result.exit_code == 0, result.output
-    assert open_result(tmp_path / "b.zarr")["bn_statistics"].values.tolist() == ["batch"]
+    both = open_result(tmp_path / "b.zarr")
+    assert both["bn_statistics"].values.tolist() == ["batch", "batch"]
+    np.testing.assert_allclose(both["variance"].values[0], both["variance"].values[1], rtol=1e-12)
+    np.testing.assert_allclose(both["variance"].values[1], ds["variance"].sel(checkpoint="cifar_resnet_8_4").values[:4])
 
 
 def test_cli_data_input(tmp_path):
