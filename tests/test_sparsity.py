@@ -194,3 +194,38 @@ def test_nan_channel_is_nan_not_zero(images):
         assert np.isnan(float(one[name])), name
     assert float(one["example_zero_fraction"]) == 0.0
     assert int(ds["dead_count"].sel(layer="blocks.0.bn1")) == 0
+
+
+@pytest.mark.slow
+def test_torchvision_reused_inplace_relu_matches_interpreter():
+    """torchvision reuses one in-place ReLU module per block: every site must still be seen exactly once.
+    Reference: torch.fx.Interpreter over the untouched trace, cloning each ReLU node's output."""
+    import torch.fx as fx
+
+    from rfprobe.sites import find_sites
+
+    model = build_model("torchvision:resnet18", seed=0).eval()
+    data = load_dataset("synthetic", "test", n=6)
+    ds = sparsity.run(model, data, batch_size=4, bins=BINS)
+    sites = find_sites(model)
+    names = {site.node: site.name for site in sites.relu}
+    outputs = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in names:
+                outputs.setdefault(names[node.name], []).append(out.clone())
+            return out
+
+    with torch.no_grad():
+        for x, _ in batches(data, 4):
+            Recorder(sites.graph).run(x)
+    assert len(outputs) == ds.sizes["layer"] == 17
+    for name, parts in outputs.items():
+        a = torch.cat(parts).double()
+        c = a.shape[1]
+        np.testing.assert_allclose(ds["zero_fraction"].sel(layer=name).values[:c], (a == 0).double().mean((0, 2, 3)),
+                                   atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(ds["mean_activation"].sel(layer=name).values[:c], a.mean((0, 2, 3)), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)

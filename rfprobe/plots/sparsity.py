@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 import numpy as np
 import xarray as xr
 
@@ -51,8 +52,9 @@ def sparsity_figure(ds: xr.Dataset, threshold: float = 0.01):
     bottom.set_ylabel("dead channels")
     bottom.set_ylim(bottom=0)
     bottom.set_xlabel("ReLU site (forward order)")
-    bottom.bar([], [], facecolor="none", edgecolor="0.3", hatch="///", label=f"dead and |gamma| < {t:g}")
-    bottom.legend(fontsize=8)
+    bottom.legend(handles=[Patch(facecolor="0.6", label="dead"),
+                           Patch(facecolor="none", edgecolor="0.3", hatch="///", label=f"dead and |gamma| < {t:g}")],
+                  fontsize=8)
     first = _layers(ds, labels[0])
     bottom.set_xticks(np.asarray(first["depth"].values, dtype=float), [str(n) for n in first["layer"].values],
                       rotation=90, fontsize=7)
