@@ -67,12 +67,22 @@ def main() -> None:
     parser.add_argument("--data-root", default="/work/shared/data/cifar10")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--resnet-segments", type=int, default=4)
+    parser.add_argument("--resnet-segments", type=int, default=2)
+    parser.add_argument("--resnet-radius", type=float, default=0.25)
+    parser.add_argument("--calibration-images", type=int, default=100)
+    parser.add_argument("--only", choices=("mlp", "resnet"), help="run one of the two cases")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
 
+    if args.only != "resnet":
+        run_mlp(device, g)
+    if args.only != "mlp":
+        run_resnet(args, device, g)
+
+
+def run_mlp(device, g) -> None:
     moons = load_dataset("toy2d:moons", "train", n=1000)
     model = partition.recalibrate_bn(build_model("mlp_4x64", 2, seed=0), moons, 1000, device)
     tf = Tangent.from_model(model, device=device)
@@ -81,13 +91,16 @@ def main() -> None:
     tf.jvp(x[:2], x[:2])  # torch's one-time JVP set-up out of the timings
     compare("mlp_4x64 (BN recalibrated on moons), train-train segments", tf, *segs["train-train"], (1001, 10001, 100001))
 
-    cifar = load_dataset("cifar10", "test", root=args.data_root, limit=500)
+
+
+def run_resnet(args, device, g) -> None:
+    cifar = load_dataset("cifar10", "test", root=args.data_root, limit=args.calibration_images)
     resnet = partition.recalibrate_bn(build_model("cifar_resnet_20", seed=0), cifar, 100, device)
     tf = Tangent.from_model(resnet, device=device)
     images, _ = partition._points(cifar.subset(2 * args.resnet_segments), 64, device)
-    segs = partition.segments(images, args.resnet_segments, 1.0, g)
-    compare("cifar_resnet_20 (random init, BN recalibrated on 500 CIFAR-10 test images), radius-1 segments",
-            tf, *segs["radius"], (2001,))
+    segs = partition.segments(images, args.resnet_segments, args.resnet_radius, g)
+    compare(f"cifar_resnet_20 (random init, BN recalibrated on {args.calibration_images} CIFAR-10 test images), "
+            f"segments of length {args.resnet_radius} in random directions", tf, *segs["radius"], (2001,))
 
 
 if __name__ == "__main__":
