@@ -570,6 +570,7 @@ def partition(
     batch_size: BatchSizeOpt = 64,
     recalibrate_bn: Annotated[bool, typer.Option("--recalibrate-bn", help="first set every BN's running mean/var to the exact statistics of the data (on a copy)")] = False,
     segments: Annotated[int, typer.Option("--segments", help="segments walked per kind (train-train, point-noise, radius); 0 skips")] = 16,
+    kinds: Annotated[str, typer.Option("--kinds", help="segment kinds to walk, comma-separated (train-train segments through a CIFAR ResNet cross ~1e5 regions: slow on a CPU)")] = "train-train,point-noise,radius",
     radius: Annotated[float, typer.Option("--radius", help="length of the random-direction segments, in normalised input units")] = 1.0,
     exact_points: Annotated[int, typer.Option("--exact-points", help="points with the exact nearest-boundary distance (one JVP per input dim each); 0 skips")] = 2,
     probes: Annotated[int, typer.Option("--probes", help="Hutchinson directions per point for the distance on all points; 0 skips")] = 64,
@@ -596,6 +597,11 @@ def partition(
     from rfprobe.plots.partition import partition_figure
     from rfprobe.progress import track
 
+    segment_kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = [k for k in segment_kinds if k not in partition_pass.SEGMENT_KINDS]
+    if unknown or not segment_kinds:
+        raise RfprobeError(f"--kinds: unknown segment kind(s) {', '.join(unknown) or '(none given)'}; "
+                           f"choose from {', '.join(partition_pass.SEGMENT_KINDS)}")
     dev = resolve_device(device)
     ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
     labels = labels_for(ckpts, label)
@@ -605,7 +611,8 @@ def partition(
     results = []
     for c in track(ckpts, len(ckpts), "partition", enabled=not json_out and len(ckpts) > 1):
         results.append(partition_pass.run(
-            c.model, data, checkpoint=c, segments_per_kind=segments, radius=radius, exact_points=exact_points,
+            c.model, data, checkpoint=c, segments_per_kind=segments, segment_kinds=segment_kinds, radius=radius,
+            exact_points=exact_points,
             probes=probes, lc_points=lc_points, jitter_batches=jitter_batches, jitter_batch_size=jitter_batch_size,
             slice_plane=slice_plane, slice_max_regions=slice_max_regions, slice_resolution=slice_resolution,
             recalibrate=recalibrate_bn, batch_size=batch_size, device=dev, seed=seed, command=sys.argv))

@@ -140,7 +140,8 @@ def mlp_checkpoint(tmp_path_factory):
 
 def test_cli_writes_result_and_figure(mlp_checkpoint, tmp_path):
     out, plot = tmp_path / "p.zarr", tmp_path / "p.png"
-    args = ["partition", str(mlp_checkpoint), "--limit", "200", "--segments", "4", "--exact-points", "1",
+    args = ["partition", str(mlp_checkpoint), "--limit", "200", "--segments", "4", "--kinds", "radius,train-train",
+            "--exact-points", "1",
             "--probes", "16", "--lc-points", "4", "--jitter-batches", "3", "--slice-resolution", "32",
             "--recalibrate-bn", "--device", "cpu", "--out", str(out), "--plot", str(plot), "--json"]
     result = CliRunner().invoke(app, args)
@@ -149,6 +150,7 @@ def test_cli_writes_result_and_figure(mlp_checkpoint, tmp_path):
     assert report["recalibrate_bn"] and report["checkpoints"]["run"]["slice_complete"]
     ds = open_result(out)
     assert ds.sizes["checkpoint"] == 1 and ds.attrs["dataset"] == "toy2d:moons"
+    assert list(ds["segment_kind"].values) == ["train-train", "radius"]
     assert report["checkpoints"]["run"]["slice_regions"] == int(ds["slice_regions"].item())
     assert plot.stat().st_size > 10_000
 
@@ -158,6 +160,7 @@ def test_cli_refuses_bad_input_in_one_line(mlp_checkpoint, tmp_path, capsys):
     save_checkpoint(vgg, build_model("cifar_vgg_11", seed=0))
     cases = [([str(vgg), "--dataset", "synthetic", "--limit", "4"], "max pooling"),
              ([str(mlp_checkpoint), "--radius", "0"], "--radius"),
+             ([str(mlp_checkpoint), "--kinds", "radius,diagonal"], "diagonal"),
              ([str(mlp_checkpoint), "--dataset", "synthetic", "--limit", "4"], "shape")]
     for args, words in cases:
         with pytest.raises(SystemExit) as exit_info:

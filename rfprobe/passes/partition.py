@@ -123,12 +123,12 @@ def segments(x: torch.Tensor, n: int, radius: float, generator: torch.Generator)
     return {"train-train": (a, b), "point-noise": (a, noise), "radius": (a, a + radius * direction)}
 
 
-def _walk_stats(tf: Tangent, segs: dict, batch: int) -> dict:
+def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], batch: int) -> dict:
     n = len(next(iter(segs.values()))[0])
-    counts = np.zeros((len(SEGMENT_KINDS), n), dtype=np.int64)
-    lengths = np.zeros((len(SEGMENT_KINDS), n))
-    by_layer = np.zeros((len(SEGMENT_KINDS), len(tf.layers)), dtype=np.int64)
-    for i, kind in enumerate(SEGMENT_KINDS):
+    counts = np.zeros((len(kinds), n), dtype=np.int64)
+    lengths = np.zeros((len(kinds), n))
+    by_layer = np.zeros((len(kinds), len(tf.layers)), dtype=np.int64)
+    for i, kind in enumerate(kinds):
         result = walk(tf, *segs[kind], batch=tf.rows(batch))
         counts[i], lengths[i] = result.counts, result.length
         for layers in result.layer:
@@ -329,7 +329,8 @@ def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int
 # ---------------------------------------------------------------- the pass
 
 
-def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = 32, radius: float = 1.0,
+def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = 32,
+        segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = 1.0,
         exact_points: int = 4, probes: int = 64, lc_points: int = 64, jitter_batches: int = 32,
         jitter_batch_size: int = 64, slice_plane: bool = True, slice_max_regions: int = 2000,
         slice_resolution: int = 128, recalibrate: bool = False, batch_size: int = 64, device="cpu", seed: int = 0,
@@ -342,6 +343,11 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
     if radius <= 0 or jitter_batch_size < 2 or slice_resolution < 2 or slice_max_regions < 1:
         raise RfprobeError("partition: --radius must be > 0, --jitter-batch-size >= 2, --slice-resolution >= 2, "
                            "--slice-max-regions >= 1")
+    unknown = [k for k in segment_kinds if k not in SEGMENT_KINDS]
+    if unknown or not segment_kinds:
+        raise RfprobeError(f"unknown segment kind(s) {', '.join(unknown) or '(none given)'}; choose from "
+                           f"{', '.join(SEGMENT_KINDS)}")
+    segment_kinds = [k for k in SEGMENT_KINDS if k in segment_kinds]
     device = torch.device(device)
     if recalibrate:
         model = recalibrate_bn(model, data, batch_size, device)
@@ -356,8 +362,9 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
               "channel": ("channel", np.arange(max(layer.shape[0] for layer in tf.layers))),
               "n_units": ("layer", np.array([layer.size for layer in tf.layers], dtype=np.int64))}
     if segments_per_kind:
-        variables.update(_walk_stats(tf, segments(x, segments_per_kind, radius, generator), batch_size))
-        coords["segment_kind"] = ("segment_kind", np.array(SEGMENT_KINDS, dtype=object))
+        segs = segments(x, segments_per_kind, radius, generator)
+        variables.update(_walk_stats(tf, segs, segment_kinds, batch_size))
+        coords["segment_kind"] = ("segment_kind", np.array(segment_kinds, dtype=object))
     variables.update(_distance_stats(tf, x, exact_points, probes, batch_size, generator))
     variables.update(_unit_distance_stats(tf, x, batch_size))
     variables["bin_edges"] = (("bin_edge",), HIST_EDGES)
@@ -375,7 +382,8 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
     ds = ds.set_coords("bin_edges")
     ds.attrs = provenance(
         "partition", checkpoint, dataset=data.name, split=data.split, n_examples=len(data), device=str(device),
-        command=command, **DEFINITIONS, recalibrate_bn=int(recalibrate), segments=segments_per_kind, radius=radius,
+        command=command, **DEFINITIONS, recalibrate_bn=int(recalibrate), segments=segments_per_kind,
+        segment_kinds=", ".join(segment_kinds), radius=radius,
         exact_points=exact_points, probes=probes, lc_points=lc_points, lc_radius=LC_RADIUS,
         lc_vertices=2 * min(LC_VERTICES // 2, int(np.prod(tf.input_shape))), jitter_batches=jitter_batches,
         jitter_batch_size=jitter_batch_size, slice_max_regions=slice_max_regions, seed=seed)
