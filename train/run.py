@@ -71,7 +71,7 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     cuda = device.type == "cuda"
-    channels_last, amp = config.channels_last and cuda, config.amp and cuda
+    channels_last, amp = config.channels_last, config.amp and cuda
 
     out = config.output_dir()
     rundir.check(out, resume=config.resume, overwrite=config.overwrite)
