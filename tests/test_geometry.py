@@ -191,3 +191,17 @@ def test_batched_gradient_norms_equal_one_point_at_a_time(mlp):
         z1, n1 = gradient_norms(mlp, x[i])
         np.testing.assert_allclose(z[i].numpy(), z1.numpy(), rtol=1e-12)
         np.testing.assert_allclose(norms[i].numpy(), n1.numpy(), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_slice_region_count_equals_dense_grid_resnet(resnet):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    origin = x[0].flatten()
+    plane = torch.stack([x[1].flatten() - origin, x[2].flatten() - origin], 1)
+    box = (-0.02, 0.02, -0.02, 0.02)
+    found = slice_partition(resnet, origin, plane, box)
+    u = torch.linspace(-0.02, 0.02, 350, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
+    keys = {np.packbits(row).tobytes() for row in resnet.signs(origin + grid @ plane.T, batch=8192).numpy()}
+    assert found.complete and keys <= set(found.patterns) and len(found.polygons) == len(keys) > 10
