@@ -53,6 +53,8 @@ SEGMENT_KINDS = ("train-train", "point-noise", "radius")
 LC_RADIUS = 0.005
 LC_VERTICES = 40
 HIST_EDGES = np.linspace(-4.0, 1.0, 51)
+MAX_DISTANCES = 4_000_000
+"""per layer, the median and histogram of unit distances use every k-th (point, unit) pair beyond this"""
 DEFINITIONS = {
     "walk_definition": "exact breakpoints along x(t) = a + t (b - a), t in [0, 1]: one JVP per region, next "
                        "crossing min_k -z_k/dz_k > 0; segments: train-train (data pairs), point-noise "
@@ -152,8 +154,12 @@ def _distance_stats(tf: Tangent, x: torch.Tensor, exact_points: int, probes: int
         out["exact_nearest_layer"] = (("exact_point",), np.array([f.layer for f in found], dtype=np.int64))
         out["exact_nearest_channel"] = (("exact_point", "layer"), np.stack([f.layer_unit // spatial for f in found]))
     if probes:
-        z, norms = hutchinson_norms(tf, x, probes, generator, batch=tf.rows(max(batch, probes)))
-        found = [nearest(tf, z[i], norms[i]) for i in range(x.shape[0])]
+        rows = tf.rows(max(batch, probes))
+        per = max(1, rows // probes)
+        found = []
+        for start in range(0, x.shape[0], per):
+            z, norms = hutchinson_norms(tf, x[start:start + per], probes, generator, batch=rows)
+            found.extend(nearest(tf, z[i], norms[i]) for i in range(z.shape[0]))
         out["hutchinson_distance"] = (("point",), np.array([f.distance for f in found]))
         out["hutchinson_distance_layer"] = (("point", "layer"), np.stack([f.layer_distance for f in found]))
     return out
@@ -171,7 +177,8 @@ def _patches(h: torch.Tensor, conv: nn.Module) -> torch.Tensor:
 
 def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
     """Per layer: the median of |z| sigma / (|gamma| ||w||) over points and positions, the RMS radius of
-    the layer's inputs, their ratio, and the histogram of log10(distance / spread)."""
+    the layer's inputs, their ratio, and the histogram of log10(distance / spread). Beyond MAX_DISTANCES
+    (point, unit) pairs in a layer, the median and histogram use a systematic subsample (every k-th)."""
     n_layers = len(tf.layers)
     scale = []
     for layer, wnorm in zip(tf.layers, tf.weight_norms()):
@@ -185,6 +192,7 @@ def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
         else:
             scale.append(1 / wnorm)
     distances = [[] for _ in range(n_layers)]
+    steps = [max(1, math.ceil(x.shape[0] * layer.size / MAX_DISTANCES)) for layer in tf.layers]
     sums = [[0, 0.0, 0.0] for _ in range(n_layers)]
     for start in range(0, x.shape[0], batch):
         _, zs, hs = tf.forward(x[start:start + batch], with_inputs=True)
@@ -192,7 +200,7 @@ def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
             if scale[i] is None:
                 continue
             z = zs[i].reshape(-1, layer.shape[0], layer.spatial)
-            distances[i].append((z.abs() * scale[i][None, :, None]).flatten().cpu())
+            distances[i].append((z.abs() * scale[i][None, :, None]).flatten()[::steps[i]].cpu())
             p = _patches(hs[i], layer.producer)
             sums[i][0] += p.shape[0]
             sums[i][1] = sums[i][1] + p.sum(0)
