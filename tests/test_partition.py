@@ -169,3 +169,15 @@ def test_cli_refuses_bad_input_in_one_line(mlp_checkpoint, tmp_path, capsys):
         assert exit_info.value.code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1, err
         assert words in err
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_stacking_models_with_different_partitions(moons):
+    data = moons.subset(200)
+    options = dict(segments_per_kind=2, exact_points=0, probes=0, lc_points=0, jitter_batches=0, slice_resolution=8)
+    small = partition.run(one_layer(4), data, **options)
+    large = partition.run(build_model("mlp_2x8", 2, seed=1), data, **options)
+    ds = partition.stack_results([small, large], ["small", "large"])
+    assert ds.sizes["slice_edge"] == max(small.sizes["slice_edge"], large.sizes["slice_edge"])
+    edges = ds["slice_edges"].sel(checkpoint="small").values
+    assert np.isfinite(edges).all(axis=(1, 2)).sum() == small.sizes["slice_edge"]
+    np.testing.assert_array_equal(ds["slice_regions"].values, [int(small["slice_regions"]), int(large["slice_regions"])])
