@@ -136,7 +136,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
         return fx.symbolic_trace(model)
     except Exception as e:  # fx raises many kinds (TraceError, TypeError, ...) for untraceable code
         arch = getattr(model, "rfprobe_arch", type(model).__name__)
-        raise RfprobeError(f"cannot trace {arch} with torch.fx to find its BN layers: {e}") from None
+        first_line = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise RfprobeError(f"cannot trace {arch} with torch.fx to find its BN layers: {first_line}") from None
 
 
 def _shapes(graph: fx.GraphModule, model: nn.Module) -> None:
