@@ -69,12 +69,29 @@ class _Accumulators:
     positions: int = 0
 
 
+@dataclass
+class _Shared:
+    """State the probes of one pass share: the current batch's per-example count of entirely-0 channels
+    summed over sites, and one scratch buffer (sized to the largest activation) for the nonzero indicator,
+    so no probe allocates a fresh activation-sized tensor per batch."""
+
+    batch_k: torch.Tensor | None = None
+    scratch: torch.Tensor | None = None
+
+    def buffer(self, like: torch.Tensor) -> torch.Tensor:
+        n = like.numel()
+        if self.scratch is None or self.scratch.numel() < n or self.scratch.dtype != like.dtype \
+                or self.scratch.device != like.device:
+            self.scratch = torch.empty(n, dtype=like.dtype, device=like.device)
+        return self.scratch[:n].view(like.shape)
+
+
 class _Probe(nn.Module):
     """Reduces the ReLU output it is given into its accumulators; returns nothing and keeps no reference."""
 
-    def __init__(self, acc: _Accumulators, batch_k: list, bins: int):
+    def __init__(self, acc: _Accumulators, shared: _Shared, bins: int):
         super().__init__()
-        self.acc, self.batch_k, self.bins = acc, batch_k, bins
+        self.acc, self.shared, self.bins = acc, shared, bins
 
     def forward(self, a: torch.Tensor) -> None:
         acc = self.acc
@@ -83,7 +100,8 @@ class _Probe(nn.Module):
         # a ReLU output is >= 0 (or NaN), so sign() is its nonzero indicator (torch.sign(nan) = 0: NaN
         # channels are flagged through the NaN they put in `total`); summing it in float32 is exact
         # (<= 2**24 positions) and ~10x faster on CPU than count_nonzero's bool -> int64 reduction
-        acc.nonzero += torch.sign(flat).sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
+        indicator = torch.sign(flat, out=self.shared.buffer(flat))
+        acc.nonzero += indicator.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
         acc.total += flat.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
         peak = flat.amax(2)
         torch.maximum(acc.maximum, peak.amax(0).float(), out=acc.maximum)
@@ -93,14 +111,14 @@ class _Probe(nn.Module):
         acc.k_sum += k.sum()
         index = torch.clamp_max(k * self.bins // a.shape[1], self.bins - 1)
         acc.hist.index_add_(0, index, torch.ones_like(index))
-        self.batch_k[0] += k
+        self.shared.batch_k += k
 
 
-def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tuple[fx.GraphModule, list[_Accumulators], list]:
+def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tuple[fx.GraphModule, list[_Accumulators], _Shared]:
     """A fresh fx trace of `model` (sharing its parameters) with a probe after each ReLU site's node."""
     graph_module = trace(model)
     nodes = {node.name: node for node in graph_module.graph.nodes}
-    batch_k: list = [None]
+    shared = _Shared()
     accumulators = []
     for i, site in enumerate(relu):
         if site.node not in nodes:
@@ -115,11 +133,11 @@ def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tu
             k_sum=torch.zeros((), dtype=torch.int64, device=device))
         accumulators.append(acc)
         name = f"rfprobe_probe_{i}"
-        graph_module.add_submodule(name, _Probe(acc, batch_k, bins))
+        graph_module.add_submodule(name, _Probe(acc, shared, bins))
         with graph_module.graph.inserting_after(nodes[site.node]):
             graph_module.graph.call_module(name, (nodes[site.node],))
     graph_module.recompile()
-    return graph_module, accumulators, batch_k
+    return graph_module, accumulators, shared
 
 
 def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +179,7 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
         relu = sites.relu
         if not relu:
             raise RfprobeError(f"{getattr(model, 'rfprobe_arch', type(model).__name__)} has no ReLU sites to probe")
-        probed, accumulators, batch_k = _instrument(model, relu, bins, device)
+        probed, accumulators, shared = _instrument(model, relu, bins, device)
         probed.eval()
         total_channels = sum(site.n_channels for site in relu)
         pooled_hist = torch.zeros(bins, dtype=torch.int64, device=device)
@@ -171,11 +189,11 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
         steps = (n + batch_size - 1) // max(batch_size, 1)
         with torch.inference_mode():
             for x, y in track(batches(data, batch_size, device), steps, "sparsity", progress):
-                batch_k[0] = torch.zeros(x.shape[0], dtype=torch.int64, device=device)
+                shared.batch_k = torch.zeros(x.shape[0], dtype=torch.int64, device=device)
                 logits = probed(x)
                 correct += (logits.argmax(1) == y).sum()
-                pooled_k += batch_k[0].sum()
-                index = torch.clamp_max(batch_k[0] * bins // total_channels, bins - 1)
+                pooled_k += shared.batch_k.sum()
+                index = torch.clamp_max(shared.batch_k * bins // total_channels, bins - 1)
                 pooled_hist.index_add_(0, index, torch.ones_like(index))
     finally:
         model.train(was_training)
