@@ -32,9 +32,10 @@ def ablate_figure(ds: xr.Dataset):
         for variant in one["variant"].values:
             if variant in POINTS:
                 acc = one["accuracy"].sel(variant=variant)
-                ax.errorbar([x], [float(acc.mean("seed"))], yerr=[[float(acc.mean("seed") - acc.min("seed"))],
-                            [float(acc.max("seed") - acc.mean("seed"))]], marker=POINTS[variant][0], color=color,
-                            markersize=8, linestyle="", capsize=2)
+                mean = float(acc.mean("seed"))
+                spread = [[max(0.0, mean - float(acc.min("seed")))], [max(0.0, float(acc.max("seed")) - mean)]]
+                ax.errorbar([x], [mean], yerr=spread, marker=POINTS[variant][0], color=color, markersize=8,
+                            linestyle="", capsize=2)
     for variant, (marker, text) in POINTS.items():
         if variant in ds["variant"].values:
             ax.plot([], [], marker=marker, linestyle="", color="0.3", label=f"{text} (at its fraction)")
