@@ -572,6 +572,7 @@ def partition(
     segments: Annotated[int, typer.Option("--segments", help="segments walked per kind (train-train, point-noise, radius); 0 skips")] = 16,
     kinds: Annotated[str, typer.Option("--kinds", help="segment kinds to walk, comma-separated (train-train segments through a CIFAR ResNet cross ~1e5 regions: slow on a CPU)")] = "train-train,point-noise,radius",
     radius: Annotated[float, typer.Option("--radius", help="length of the random-direction segments, in normalised input units")] = 1.0,
+    max_breakpoints: Annotated[int, typer.Option("--max-breakpoints", help="stop walking a segment after this many breakpoints (recorded in segment_complete)")] = 100_000,
     exact_points: Annotated[int, typer.Option("--exact-points", help="points with the exact nearest-boundary distance (one JVP per input dim each); 0 skips")] = 2,
     probes: Annotated[int, typer.Option("--probes", help="Hutchinson directions per point for the distance on all points; 0 skips")] = 64,
     lc_points: Annotated[int, typer.Option("--lc-points", help="points with the local complexity (40 vertices at radius 0.005); 0 skips")] = 32,
@@ -612,7 +613,7 @@ def partition(
     for c in track(ckpts, len(ckpts), "partition", enabled=not json_out and len(ckpts) > 1):
         results.append(partition_pass.run(
             c.model, data, checkpoint=c, segments_per_kind=segments, segment_kinds=segment_kinds, radius=radius,
-            exact_points=exact_points,
+            max_breakpoints=max_breakpoints, exact_points=exact_points,
             probes=probes, lc_points=lc_points, jitter_batches=jitter_batches, jitter_batch_size=jitter_batch_size,
             slice_plane=slice_plane, slice_max_regions=slice_max_regions, slice_resolution=slice_resolution,
             recalibrate=recalibrate_bn, batch_size=batch_size, device=dev, seed=seed, command=sys.argv))

@@ -105,6 +105,11 @@ def test_run_on_an_mlp_is_consistent(moons):
     segs = partition.segments(x, 6, 1.0, torch.Generator().manual_seed(0))
     direct = walk(tf, *segs["train-train"])
     np.testing.assert_array_equal(ds["breakpoints"].sel(segment_kind="train-train").values, direct.counts)
+    assert (ds["segment_complete"] == 1).all()
+    capped = partition.run(model, data, segments_per_kind=6, exact_points=0, probes=0, lc_points=0, jitter_batches=0,
+                           slice_plane=False, recalibrate=True, batch_size=128, max_breakpoints=2)
+    np.testing.assert_array_equal(capped["breakpoints"].values, np.minimum(ds["breakpoints"].values, 2))
+    np.testing.assert_array_equal(capped["segment_complete"].values, ds["breakpoints"].values < 2)
     density = ds["breakpoints"].sum("segment") / ds["segment_length"].sum("segment")
     np.testing.assert_allclose(ds["breakpoint_density"].values, density.values)
     np.testing.assert_allclose(ds["exact_distance"].values, ds["exact_distance_layer"].min("layer").values)

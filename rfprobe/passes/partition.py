@@ -125,19 +125,20 @@ def segments(x: torch.Tensor, n: int, radius: float, generator: torch.Generator)
     return {"train-train": (a, b), "point-noise": (a, noise), "radius": (a, a + radius * direction)}
 
 
-def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], batch: int) -> dict:
+def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], batch: int, max_breakpoints: int) -> dict:
     n = len(next(iter(segs.values()))[0])
     counts = np.zeros((len(kinds), n), dtype=np.int64)
     lengths = np.zeros((len(kinds), n))
     by_layer = np.zeros((len(kinds), len(tf.layers)), dtype=np.int64)
     for i, kind in enumerate(kinds):
-        result = walk(tf, *segs[kind], batch=tf.rows(batch))
+        result = walk(tf, *segs[kind], batch=tf.rows(batch), max_breakpoints=max_breakpoints)
         counts[i], lengths[i] = result.counts, result.length
         for layers in result.layer:
             by_layer[i] += np.bincount(layers, minlength=len(tf.layers))
     return {
         "breakpoints": (("segment_kind", "segment"), counts),
         "segment_length": (("segment_kind", "segment"), lengths),
+        "segment_complete": (("segment_kind", "segment"), (counts < max_breakpoints).astype(np.int64)),
         "breakpoint_density": (("segment_kind",), counts.sum(1) / lengths.sum(1)),
         "breakpoints_layer": (("segment_kind", "layer"), by_layer),
     }
@@ -338,7 +339,7 @@ def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int
 
 
 def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = 32,
-        segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = 1.0,
+        segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = 1.0, max_breakpoints: int = 100_000,
         exact_points: int = 4, probes: int = 64, lc_points: int = 64, jitter_batches: int = 32,
         jitter_batch_size: int = 64, slice_plane: bool = True, slice_max_regions: int = 2000,
         slice_resolution: int = 128, recalibrate: bool = False, batch_size: int = 64, device="cpu", seed: int = 0,
@@ -348,8 +349,8 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
                         ("--lc-points", lc_points), ("--jitter-batches", jitter_batches)):
         if value < 0:
             raise RfprobeError(f"{name} must be >= 0, got {value}")
-    if radius <= 0 or jitter_batch_size < 2 or slice_resolution < 2 or slice_max_regions < 1:
-        raise RfprobeError("partition: --radius must be > 0, --jitter-batch-size >= 2, --slice-resolution >= 2, "
+    if radius <= 0 or max_breakpoints < 1 or jitter_batch_size < 2 or slice_resolution < 2 or slice_max_regions < 1:
+        raise RfprobeError("partition: --radius must be > 0, --max-breakpoints >= 1, --jitter-batch-size >= 2, --slice-resolution >= 2, "
                            "--slice-max-regions >= 1")
     unknown = [k for k in segment_kinds if k not in SEGMENT_KINDS]
     if unknown or not segment_kinds:
@@ -371,7 +372,7 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
               "n_units": ("layer", np.array([layer.size for layer in tf.layers], dtype=np.int64))}
     if segments_per_kind:
         segs = segments(x, segments_per_kind, radius, generator)
-        variables.update(_walk_stats(tf, segs, segment_kinds, batch_size))
+        variables.update(_walk_stats(tf, segs, segment_kinds, batch_size, max_breakpoints))
         coords["segment_kind"] = ("segment_kind", np.array(segment_kinds, dtype=object))
     variables.update(_distance_stats(tf, x, exact_points, probes, batch_size, generator))
     variables.update(_unit_distance_stats(tf, x, batch_size))
@@ -391,7 +392,7 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
     ds.attrs = provenance(
         "partition", checkpoint, dataset=data.name, split=data.split, n_examples=len(data), device=str(device),
         command=command, **DEFINITIONS, recalibrate_bn=int(recalibrate), segments=segments_per_kind,
-        segment_kinds=", ".join(segment_kinds), radius=radius,
+        segment_kinds=", ".join(segment_kinds), radius=radius, max_breakpoints=max_breakpoints,
         exact_points=exact_points, probes=probes, lc_points=lc_points, lc_radius=LC_RADIUS,
         lc_vertices=2 * min(LC_VERTICES // 2, int(np.prod(tf.input_shape))), jitter_batches=jitter_batches,
         jitter_batch_size=jitter_batch_size, slice_max_regions=slice_max_regions, seed=seed)
