@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from typer.testing import CliRunner
 
 from rfprobe.checkpoint import save_checkpoint

@@ -47,7 +47,7 @@ from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
 from rfprobe.results import layer_coords, provenance, stack
-from rfprobe.sites import BN_TYPES, find_sites
+from rfprobe.sites import find_sites
 
 SEGMENT_KINDS = ("train-train", "point-noise", "radius")
 LC_RADIUS = 0.005
