@@ -30,9 +30,15 @@ def draw_slice(ax, ds: xr.Dataset, checkpoint: str, title: str | None = None) ->
     ok = np.isfinite(points).all(1)
     ax.scatter(points[ok, 0], points[ok, 1], c=labels[ok], cmap=ListedColormap(["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]),
                s=4 if ok.sum() > 10 else 30, edgecolors="none" if ok.sum() > 10 else "k", zorder=3)
-    ax.set_xlim(box[0], box[1])
-    ax.set_ylim(box[2], box[3])
-    complete = "" if int(one["slice_complete"]) else " (stopped at the cap)"
+    complete = "" if int(one["slice_complete"]) else " (stopped at the cap; zoomed on them)"
+    if complete and len(edges):
+        lo, hi = edges.reshape(-1, 2).min(0), edges.reshape(-1, 2).max(0)
+        pad = 0.05 * (hi - lo).max()
+        ax.set_xlim(lo[0] - pad, hi[0] + pad)
+        ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    else:
+        ax.set_xlim(box[0], box[1])
+        ax.set_ylim(box[2], box[3])
     ax.set_title(title or f"{checkpoint}: {int(one['slice_regions'])} regions{complete}", fontsize=9)
 
 
@@ -82,9 +88,11 @@ def partition_figure(ds: xr.Dataset):
     for label in labels:
         one = ds.sel(checkpoint=label)
         depth = np.arange(one.sizes["layer"])
-        ax.plot(depth, one["unit_distance_ratio"].values, "o-", color=colors[label], label=f"{label}: median d / spread")
-        if "jitter_ratio" in one:
-            ax.plot(depth, one["jitter_ratio"].values, "s--", color=colors[label], label=f"{label}: jitter / predicted")
+        for var, style, what in (("unit_distance_ratio", "o-", "median d / spread"), ("jitter_ratio", "s--", "jitter / predicted")):
+            if var in one:
+                values = one[var].values
+                shown = np.isfinite(values)
+                ax.plot(depth[shown], values[shown], style, color=colors[label], label=f"{label}: {what}")
     ax.set_yscale("log")
     ax.set_xlabel("ReLU site (forward order)")
     ax.set_title("per-layer boundary distance and BN jitter", fontsize=9)
