@@ -167,7 +167,7 @@ def test_cli_reenable_from_init_never_writes_the_checkpoint(tmp_path, model, rea
 
 
 @pytest.mark.parametrize("args", [["--fractions", "0,x"], ["--fractions", "1.5"], ["--eligible", "some"],
-                                  ["--reenable-value", "two"], ["--seeds", "0"], ["--prune-below", "-1"]])
+                                  ["--reenable-value", "two"], ["--seeds", "0"], ["--prune-below", "-1"], ["--prune-below", "nan"]])
 def test_bad_options_one_line_exit_2(tmp_path, capsys, model, args):
     ckpt = save_checkpoint(tmp_path / "final.pt", model, mode="bn", dataset="synthetic")
     with pytest.raises(SystemExit) as exit_info:

@@ -229,3 +229,12 @@ def test_torchvision_reused_inplace_relu_matches_interpreter():
                                    atol=1e-12, err_msg=name)
         np.testing.assert_allclose(ds["mean_activation"].sel(layer=name).values[:c], a.mean((0, 2, 3)), rtol=1e-5,
                                    atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("args", [["--threshold", "0"], ["--threshold", "nan"], ["--bins", "0"], ["--batch-size", "0"]])
+def test_bad_options_one_line_exit_2(tmp_path, capsys, resnet, args):
+    ckpt = save_checkpoint(tmp_path / "final.pt", resnet, mode="bn", dataset="synthetic")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sparsity", str(ckpt), "--dataset", "synthetic", "--limit", "8", "--out", str(tmp_path / "o.zarr"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1, err

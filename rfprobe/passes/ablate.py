@@ -177,8 +177,8 @@ def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: b
         eligible: str = "all", batch_size: int = 500, device: str | torch.device = "cpu", checkpoint=None,
         init_checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
     """Accuracy and loss of `model` on `data` under every variant of the module docstring."""
-    if prune_below <= 0:
-        raise RfprobeError(f"--prune-below must be positive, got {prune_below:g}")
+    if not (np.isfinite(prune_below) and prune_below > 0):
+        raise RfprobeError(f"--prune-below must be finite and > 0, got {prune_below:g}")
     if seeds < 1:
         raise RfprobeError(f"--seeds must be at least 1, got {seeds}")
     fractions = _parse_fractions(fractions)

@@ -167,11 +167,11 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
     """Activation sparsity of `model` over `data` (module docstring), joined with small-|gamma| counts.
 
     `model` must be on `device`; it is put in eval mode for the pass and restored afterwards."""
-    if bins < 1:
-        raise RfprobeError(f"--bins must be at least 1, got {bins}")
-    thresholds = tuple(sorted(float(t) for t in thresholds))
-    if not thresholds or any(t <= 0 for t in thresholds):
-        raise RfprobeError("thresholds must be positive numbers")
+    if not 1 <= bins <= 10_000:
+        raise RfprobeError(f"--bins must be between 1 and 10000, got {bins}")
+    thresholds = tuple(sorted({float(t) for t in thresholds}))
+    if not thresholds or not all(np.isfinite(t) and t > 0 for t in thresholds):
+        raise RfprobeError(f"--threshold values must be finite and > 0, got {', '.join(map(str, thresholds))}")
     was_training = model.training
     model.eval()
     try:
