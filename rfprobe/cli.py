@@ -30,7 +30,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
 
 # Options shared by the passes (DESIGN.md "CLI conventions").
 CheckpointsArg = Annotated[list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt, or a bare state dict with --arch")]
@@ -61,7 +60,8 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks (also accepted after the command)")] = False,
 ) -> None:
-    _state["debug"] = _state["debug"] or debug
+    """`--debug` is taken off the command line by rfprobe.entrypoint.run_app before parsing; it is declared
+    here so that --help lists it."""
 
 
 def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: int | None = None, device="cpu"):
@@ -640,26 +640,10 @@ def partition(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: runs the app, mapping bad input to one stderr line and exit code 2."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in args:
-        args.remove("--debug")
-        _state["debug"] = True
-    try:
-        app(args=args, prog_name="rfprobe", standalone_mode=True)
-    except RfprobeError as e:
-        if _state["debug"]:
-            raise
-        print(f"rfprobe: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("rfprobe: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # the last line of defence: no traceback without --debug
-        if _state["debug"]:
-            raise
-        print(f"rfprobe: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        sys.exit(1)
+    """Console entry point: bad input -> one stderr line and exit code 2 (rfprobe.entrypoint)."""
+    from rfprobe.entrypoint import run_app
+
+    run_app(app, "rfprobe", argv)
 
 
 if __name__ == "__main__":

@@ -42,16 +42,20 @@ def test_info_table(ckpt):
     assert result.returncode == 0 and "BatchNorm layers" in result.stdout and "shortcut" in result.stdout
 
 
-def test_bad_inputs_one_line_exit_2(tmp_path, ckpt):
+def test_bad_inputs_one_line_exit_2(tmp_path, ckpt, capsys):
+    from rfprobe.cli import main
+
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     torch.save(build_model("cifar_resnet_8").state_dict(), tmp_path / "bare.pt")
     cases = [("info", tmp_path / "junk.pt"), ("info", tmp_path / "missing.pt"), ("info", tmp_path / "bare.pt"),
              ("info", tmp_path / "bare.pt", "--arch", "nonsense_net"), ("info", tmp_path / "bare.pt", "--arch", "cifar_resnet_14")]
     for args in cases:
-        result = rfprobe(*args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr.startswith("rfprobe: error: ") and result.stderr.count("\n") == 1, result.stderr
-        assert "Traceback" not in result.stderr
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, (args, err)
+        assert err.startswith("rfprobe: error: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
 
 
 def test_debug_shows_traceback(tmp_path):

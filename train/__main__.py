@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rfprobe.entrypoint import run_app
 from rfprobe.errors import RfprobeError
 from train.config import RECIPE_EPOCHS, RECIPE_MILESTONES, Config
 
@@ -77,25 +78,7 @@ def command(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the command; bad input -> one stderr line, exit 2; other failures -> one line, exit 1."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    if debug:
-        args.remove("--debug")
-    try:
-        app(args=args, prog_name="python -m train", standalone_mode=True)
-    except RfprobeError as e:
-        if debug:
-            raise
-        print(f"train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("train: interrupted (continue with --resume)", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:
-        if debug:
-            raise
-        print(f"train: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        sys.exit(1)
+    run_app(app, "python -m train", argv, interrupted="interrupted (continue with --resume)")
 
 
 if __name__ == "__main__":
