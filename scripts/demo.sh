@@ -30,7 +30,7 @@ step "rfprobe signal: signal propagation at init, BN ResNet vs normalizer-free R
 rfprobe signal cifar_resnet_20 nf_resnet_20 --skip-init-gain 1 --batch 64 --out "$R/signal.zarr" --plot "$R/signal.png"
 
 step "rfprobe partition: exact linear regions of a random MLP on 2-D moons, BN statistics from the data"
-python -m train mlp_3x32 --mode none --dataset toy2d:moons --out "$OUT/runs/mlp-init"
+python -m train mlp_2x16 --mode none --dataset toy2d:moons --out "$OUT/runs/mlp-init"
 rfprobe partition "$OUT/runs/mlp-init/final.pt" --dataset toy2d:moons --recalibrate-bn --limit 256 --out "$R/partition.zarr" --plot "$R/partition.png"
 
 step "done"
