@@ -117,6 +117,10 @@ def report_written(written: dict) -> None:
         console.print(f"{kind}: {where}", highlight=False)
 
 
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
 # ---------------------------------------------------------------- info
 
 
@@ -183,10 +187,6 @@ def info(
 
 
 # ---------------------------------------------------------------- affine, dead (data-free)
-
-
-def _pct(fraction: float) -> str:
-    return f"{100 * fraction:.1f}%"
 
 
 @app.command()
