@@ -222,3 +222,15 @@ def test_points_dataset_trains_without_augmentation(tmp_path):
     out = train(Config(arch="mlp_2x16", mode="all", dataset="toy2d:blobs", epochs=3, batch_size=50, lr=0.05,
                        save_every=0, progress=False, threads=1, out=str(tmp_path / "mlp")))
     assert load_checkpoint(out / "final.pt").metrics["test_acc"] > 0.9  # four well separated blobs
+
+
+def test_skip_init_gain_sets_the_nf_skip_gain_and_is_recorded(tmp_path, capsys):
+    out = train(Config(mode="all", out=str(tmp_path / "nf"), skip_init_gain=1.0, **{**TINY, "arch": "nf_resnet_8_4"}))
+    init = load_checkpoint(out / "init.pt")
+    gains = [v for k, v in init.model.state_dict().items() if k.endswith("skip_gain")]
+    assert gains and all(float(g) == 1.0 for g in gains)
+    assert init.hparams["skip_init_gain"] == 1.0
+    default = build_model("nf_resnet_8_4")
+    assert all(float(v) == 0.0 for k, v in default.state_dict().items() if k.endswith("skip_gain"))
+    err = _error(["cifar_resnet_8_4", "--skip-init-gain", "1", "--dataset", "synthetic", "--out", str(tmp_path / "x")], capsys)
+    assert "nf_* architectures only" in err

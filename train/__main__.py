@@ -51,6 +51,8 @@ def command(
     bn_init: Annotated[str, typer.Option(help="uniform, fixed, oneone, positivenegative")] = "uniform",
     random_k: Annotated[int, typer.Option(help="random mode: trainable weights per output channel")] = 2,
     also: Annotated[Optional[list[str]], typer.Option(help="also train: shortcut (the 1x1 shortcut convs), output")] = None,
+    skip_init_gain: Annotated[Optional[float], typer.Option(help="nf_* nets: initial skip gain (default 0, SkipInit)")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="nf_* nets: dropout rate before the classifier (default none)")] = None,
     eval_every: Annotated[int, typer.Option(help="evaluate every N epochs (and at the end); 0: never")] = 1,
     save_every: Annotated[int, typer.Option(help="write epoch_XXX.pt every N epochs; 0: never")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -71,6 +73,7 @@ def command(
                  test_limit=test_limit, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
                  momentum=momentum, weight_decay=weight_decay, milestones=_milestones(milestones), lr_factor=lr_factor,
                  augment=augment, seed=seed, bn_init=bn_init, random_k=random_k, also=tuple(also or ()),
+                 skip_init_gain=skip_init_gain, dropout=dropout,
                  eval_every=eval_every, save_every=save_every, device=device, amp=amp, channels_last=channels_last,
                  compile=compile, sync_bn=sync_bn, deterministic=deterministic, threads=threads, resume=resume,
                  overwrite=overwrite, progress=progress))

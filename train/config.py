@@ -20,7 +20,8 @@ RECIPE_MILESTONES = (80, 120)
 
 # Fields that define what is trained; a resumed run must agree on every one of them.
 TRAINING_FIELDS = ("arch", "mode", "dataset", "limit", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                   "milestones", "lr_factor", "augment", "seed", "bn_init", "random_k", "also")
+                   "milestones", "lr_factor", "augment", "seed", "bn_init", "random_k", "also", "skip_init_gain",
+                   "dropout")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class Config:
     bn_init: str = "uniform"
     random_k: int = 2
     also: tuple[str, ...] = ()
+    skip_init_gain: float | None = None
+    """nf_* architectures: initial value of the learnable skip gain (None: the model's default, 0)"""
+    dropout: float | None = None
+    """nf_* architectures: dropout before `fc` (None: the model's default, none)"""
     eval_every: int = 1
     save_every: int = 10
     device: str = "auto"
@@ -89,8 +94,17 @@ class Config:
                             "lr-factor": self.lr_factor}.items():
             if not value >= 0:
                 raise RfprobeError(f"--{name} must be non-negative, got {value}")
+        options = [f"--{k.replace('_', '-')}" for k in self.model_options()]
+        if options and not self.arch.startswith("nf_"):
+            raise RfprobeError(f"{' and '.join(options)} apply to nf_* architectures only, not {self.arch}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise RfprobeError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
             raise RfprobeError("--resume and --overwrite contradict each other; give one")
+
+    def model_options(self) -> dict[str, float]:
+        """Build options passed to `build_model` (only those given)."""
+        return {k: v for k, v in (("skip_init_gain", self.skip_init_gain), ("dropout", self.dropout)) if v is not None}
 
     def output_dir(self) -> Path:
         """`--out`, else runs/<arch>_<mode>_<dataset>_s<seed> (the run is named by what it trains)."""
