@@ -62,3 +62,21 @@ def test_debug_shows_traceback(tmp_path):
     (tmp_path / "junk.pt").write_text("x")
     result = rfprobe("info", tmp_path / "junk.pt", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_cli_reference_lists_every_command_and_option():
+    """docs/cli.md (regenerate with `make docs`) documents every command and every option of the app."""
+    from pathlib import Path
+
+    import typer.main
+
+    from rfprobe.cli import app
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    group = typer.main.get_group(app)
+    for name, command in group.commands.items():
+        assert f"## `rfprobe {name}`" in reference, f"docs/cli.md lacks {name}: run make docs"
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--"):
+                    assert f"`{opt}" in reference, f"docs/cli.md lacks {name} {opt}: run make docs"
