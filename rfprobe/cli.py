@@ -29,7 +29,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 # Options shared by the passes (DESIGN.md "CLI conventions").
 CheckpointsArg = Annotated[list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt, or a bare state dict with --arch")]
@@ -64,6 +63,11 @@ def _main(
     here so that --help lists it."""
 
 
+def warn(message: str) -> None:
+    """One unwrapped line on stderr (rich would wrap it at the console width)."""
+    print(f"rfprobe: warning: {message}", file=sys.stderr)
+
+
 def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: int | None = None, device="cpu"):
     """Load every checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
     from rfprobe.checkpoint import load_checkpoint
@@ -74,7 +78,7 @@ def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: in
             warnings.simplefilter("always")
             loaded.append(load_checkpoint(path, arch=arch, num_classes=num_classes, device=device))
         for w in caught:
-            err_console.print(f"rfprobe: warning: {w.message}", highlight=False, markup=False)
+            warn(str(w.message))
     return loaded
 
 
@@ -115,6 +119,13 @@ def write_outputs(ds, path: Path, plot: Path | None, draw, overwrite: bool) -> d
 def report_written(written: dict) -> None:
     for kind, where in written.items():
         console.print(f"{kind}: {where}", highlight=False)
+
+
+def warn_dataset_mismatch(checkpoints, data) -> None:
+    """One stderr line per checkpoint trained on another dataset than the one it is measured on."""
+    for c in checkpoints:
+        if c.dataset not in ("unknown", data.name):
+            warn(f"{c.path} was trained on {c.dataset}; measuring it on {data.name}")
 
 
 def _pct(fraction: float) -> str:
@@ -339,6 +350,7 @@ def sparsity(
 
     data, dev = _data_and_device(dataset, split, data_root, download, limit, device)
     ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
+    warn_dataset_mismatch(ckpts, data)
     labels = labels_for(ckpts, label)
     path, plot = prepare_outputs("sparsity", labels, out, plot, overwrite)
     thresholds = tuple(threshold) if threshold else sparsity_pass.THRESHOLDS
@@ -410,6 +422,7 @@ def ablate(
         raise RfprobeError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
     data, dev = _data_and_device(dataset, split, data_root, download, limit, device)
     ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
+    warn_dataset_mismatch(ckpts, data)
     labels = labels_for(ckpts, label)
     path, plot = prepare_outputs("ablate", labels, out, plot, overwrite)
     results = []
@@ -609,6 +622,7 @@ def partition(
     path, plot = prepare_outputs("partition", labels, out, plot, overwrite)
     name = dataset or ckpts[0].dataset or "cifar10"
     data = load_dataset(name, split, root=data_root, download=download, limit=limit)
+    warn_dataset_mismatch(ckpts, data)
     results = []
     for c in track(ckpts, len(ckpts), "partition", enabled=not json_out and len(ckpts) > 1):
         results.append(partition_pass.run(

@@ -80,3 +80,16 @@ def test_cli_reference_lists_every_command_and_option():
             for opt in getattr(param, "opts", []):
                 if opt.startswith("--"):
                     assert f"`{opt}" in reference, f"docs/cli.md lacks {name} {opt}: run make docs"
+
+
+def test_measuring_on_another_dataset_warns(tmp_path, capsys):
+    from rfprobe.cli import main
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, build_model("cifar_resnet_8_4", seed=0), mode="bn", dataset="cifar10")
+    with pytest.raises(SystemExit) as exit_:
+        main(["sparsity", str(path), "--dataset", "synthetic", "--limit", "8", "--json", "--out", str(tmp_path / "s.zarr")])
+    captured = capsys.readouterr()
+    assert exit_.value.code in (0, None)
+    assert f"warning: {path} was trained on cifar10; measuring it on synthetic" in captured.err
+    assert json.loads(captured.out)["pass"] == "sparsity"
