@@ -122,9 +122,11 @@ def report_written(written: dict) -> None:
 
 
 def warn_dataset_mismatch(checkpoints, data) -> None:
-    """One stderr line per checkpoint trained on another dataset than the one it is measured on."""
+    """One stderr line per checkpoint trained on another dataset than the one it is measured on (when the
+    shapes match: mismatched shapes are the pass's one-line error, not a warning)."""
     for c in checkpoints:
-        if c.dataset not in ("unknown", data.name):
+        shape_fits = tuple(data.x.shape[1:]) == tuple(getattr(c.model, "rfprobe_input_shape", ()))
+        if c.dataset not in ("unknown", data.name) and shape_fits:
             warn(f"{c.path} was trained on {c.dataset}; measuring it on {data.name}")
 
 
