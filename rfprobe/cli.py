@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -86,13 +87,13 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
-def labels_for(checkpoints, labels: list[str] | None) -> list[str]:
-    """`--label` values (one per checkpoint) or each checkpoint's own label (run name or file stem)."""
+def labels_for(checkpoints, labels: list[str] | None, defaults: list[str] | None = None, what: str = "checkpoint") -> list[str]:
+    """`--label` values (one per checkpoint) or the defaults: each checkpoint's own label (run name or file stem)."""
     if labels:
         if len(labels) != len(checkpoints):
-            raise RfprobeError(f"--label given {len(labels)} times for {len(checkpoints)} checkpoints; give one per checkpoint")
+            raise RfprobeError(f"--label given {len(labels)} times for {len(checkpoints)} {what}s; give one per {what}")
         return list(labels)
-    return [c.label for c in checkpoints]
+    return list(defaults) if defaults is not None else [c.label for c in checkpoints]
 
 
 def prepare_outputs(pass_name: str, labels: list[str], out: Path | None, plot: Path | None, overwrite: bool):
@@ -132,6 +133,28 @@ def warn_dataset_mismatch(checkpoints, data) -> None:
 
 def _pct(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
+
+
+def _cell(value) -> str:
+    """A table cell: `-` for None, text and integers as they are, other numbers to 4 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, (str, bool, int, np.integer)):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def checkpoint_table(title: str, summary: dict[str, dict], rows) -> Table:
+    """A table with one column per checkpoint; `rows` are (name, cell) pairs, cell(one summary) -> str."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for lab in summary:
+        table.add_column(lab, justify="right")
+    for name, cell in rows:
+        table.add_row(name, *[cell(one) for one in summary.values()])
+    return table
 
 
 # ---------------------------------------------------------------- info
@@ -215,8 +238,6 @@ def affine(
     json_out: JsonOpt = False,
 ) -> None:
     """Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries."""
-    import numpy as np
-
     from rfprobe.passes import affine as affine_pass
     from rfprobe.plots.affine import affine_figure
 
@@ -241,21 +262,13 @@ def affine(
     if json_out:
         print_json({"pass": "affine", "checkpoints": summary, "written": written})
         return
-    from rich import box
-
-    table = Table(title="BatchNorm gamma / beta, pooled over all BN channels", box=box.SIMPLE_HEAD)
-    table.add_column("")
-    for lab in summary:
-        table.add_column(lab, justify="right")
     rows = [("BN layers", lambda s: str(s["n_layers"])), ("channels", lambda s: str(s["n_channels"])),
             ("gamma mean", lambda s: f"{s['gamma_mean']:.4g}"), ("gamma std", lambda s: f"{s['gamma_std']:.4g}"),
             ("gamma < 0", lambda s: _pct(s["gamma_frac_negative"])),
             *[(f"|gamma| q{k}", lambda s, k=k: f"{s['abs_gamma_quantiles'][k]:.3g}") for k in ("0", "0.05", "0.5", "0.95", "1")],
             ("beta mean", lambda s: f"{s['beta_mean']:.4g}"), ("beta std", lambda s: f"{s['beta_std']:.4g}"),
             ("beta < 0", lambda s: _pct(s["beta_frac_negative"]))]
-    for name, cell in rows:
-        table.add_row(name, *[cell(s) for s in summary.values()])
-    console.print(table)
+    console.print(checkpoint_table("BatchNorm gamma / beta, pooled over all BN channels", summary, rows))
     report_written(written)
 
 
@@ -272,8 +285,6 @@ def dead(
     json_out: JsonOpt = False,
 ) -> None:
     """Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN feeding a ReLU)."""
-    import numpy as np
-
     from rfprobe.passes import dead as dead_pass
     from rfprobe.plots.dead import dead_figure
 
@@ -365,12 +376,6 @@ def sparsity(
         print_json({"pass": "sparsity", "dataset": data.name, "split": data.split, "n_examples": len(data),
                     "checkpoints": summary, "written": written})
         return
-    from rich import box
-
-    table = Table(title=f"activation sparsity: {data.name} {data.split}, {len(data)} examples", box=box.SIMPLE_HEAD)
-    table.add_column("")
-    for lab in summary:
-        table.add_column(lab, justify="right")
     rows = [("accuracy", lambda s: _pct(s["accuracy"])),
             ("ReLU outputs = 0", lambda s: _pct(s["zero_fraction"])),
             ("dead channels", lambda s: f"{s['dead']} / {s['channels']} ({_pct(s['dead_fraction'])})"),
@@ -378,9 +383,7 @@ def sparsity(
             *[(f"  dead & |gamma| < {t}", lambda s, t=t: f"{s['dead_small_gamma'][t]} / {s['small_gamma'][t]} small")
               for t in next(iter(summary.values()))["small_gamma"]],
             ("entirely-0 channels / example", lambda s: _pct(s["example_zero_channel_fraction"]))]
-    for name, cell in rows:
-        table.add_row(name, *[cell(s) for s in summary.values()])
-    console.print(table)
+    console.print(checkpoint_table(f"activation sparsity: {data.name} {data.split}, {len(data)} examples", summary, rows))
     report_written(written)
 
 
@@ -531,9 +534,7 @@ def signal(
         raise RfprobeError(f"unknown --input {input_kind!r}; choose gaussian or data")
     dev = resolve_device(device)
     subjects = _signal_subjects(models, arch, num_classes, dev, seed=seed, bn_init=bn_init, skip_init_gain=skip_init_gain)
-    labels = label if label else [s[2] for s in subjects]
-    if len(labels) != len(subjects):
-        raise RfprobeError(f"--label given {len(labels)} times for {len(subjects)} models; give one per model")
+    labels = labels_for(subjects, label, defaults=[s[2] for s in subjects], what="model")
     path, plot = prepare_outputs("signal", labels, out, plot, overwrite)
     data_x, data_name = (signal_pass.data_input(dataset, batch, seed, split=split, root=data_root, download=download)
                          if input_kind == "data" else (None, None))
@@ -553,21 +554,12 @@ def signal(
         print_json({"pass": "signal", "input": input_kind, "n_examples": int(ds.attrs["n_examples"]),
                     "checkpoints": summary, "written": written})
         return
-    from rich import box
-
-    table = Table(title=f"signal propagation (block 0 = stem), {input_kind} input, batch {ds.attrs['n_examples']}",
-                  box=box.SIMPLE_HEAD)
-    table.add_column("")
-    for lab in summary:
-        table.add_column(lab, justify="right")
     rows = [("residual blocks", "blocks"), ("BN statistics", "bn_statistics"), ("variance: stem", "variance_stem"),
             ("variance: last block", "variance_last"), ("variance: max", "variance_max"),
             ("squared mean: max", "squared_mean_max"), ("residual variance: mean", "residual_variance_mean"),
             ("expected variance: last", "expected_variance_last")]
-    for name, key in rows:
-        cells = [s[key] for s in summary.values()]
-        table.add_row(name, *[str(c) if isinstance(c, (str, int)) else "-" if c is None else f"{c:.4g}" for c in cells])
-    console.print(table)
+    title = f"signal propagation (block 0 = stem), {input_kind} input, batch {ds.attrs['n_examples']}"
+    console.print(checkpoint_table(title, summary, [(name, lambda s, k=key: _cell(s[k])) for name, key in rows]))
     report_written(written)
 
 
@@ -640,15 +632,9 @@ def partition(
         print_json({"pass": "partition", "dataset": data.name, "split": data.split, "n_examples": len(data),
                     "recalibrate_bn": recalibrate_bn, "checkpoints": summary, "written": written})
         return
-    table = Table(title=f"linear regions: {data.name} {data.split}, {len(data)} points"
-                        f"{', BN recalibrated on them' if recalibrate_bn else ''}")
-    table.add_column("")
-    for lab in summary:
-        table.add_column(lab, justify="right")
-    for key in dict.fromkeys(k for row in summary.values() for k in row):
-        table.add_row(key.replace("_", " "), *[f"{row[key]:.4g}" if isinstance(row.get(key), float) else str(row.get(key, "-"))
-                                               for row in summary.values()])
-    console.print(table)
+    title = f"linear regions: {data.name} {data.split}, {len(data)} points{', BN recalibrated on them' if recalibrate_bn else ''}"
+    keys = dict.fromkeys(k for row in summary.values() for k in row)
+    console.print(checkpoint_table(title, summary, [(k.replace("_", " "), lambda s, k=k: _cell(s.get(k))) for k in keys]))
     report_written(written)
 
 
