@@ -84,6 +84,15 @@ def layer_coords(sites, names: Sequence[str] | None = None) -> dict[str, tuple[s
     return coords
 
 
+def nan_padded(values: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
+    """Stack per-layer 1-D arrays into a `(layer, channel)` array, NaN-padded to `width` (default: the widest)."""
+    width = max((len(v) for v in values), default=0) if width is None else width
+    out = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):
+        out[i, :len(v)] = v
+    return out
+
+
 def unique_labels(labels: Sequence[str]) -> list[str]:
     """Make labels unique by suffixing `#2`, `#3`, ... to repeats."""
     seen: dict[str, int] = {}

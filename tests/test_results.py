@@ -99,3 +99,12 @@ def test_open_result_rejects_foreign_stores(tmp_path):
     xr.Dataset({"a": ("x", [1, 2])}).to_zarr(tmp_path / "plain.zarr", zarr_format=2, consolidated=True)
     with pytest.raises(RfprobeError, match="not an rfprobe result"):
         open_result(tmp_path / "plain.zarr")
+
+
+def test_nan_padded_pads_ragged_layers():
+    from rfprobe.results import nan_padded
+
+    out = nan_padded([np.array([1.0, 2.0]), np.array([3.0]), np.array([])])
+    assert out.shape == (3, 2) and out[0].tolist() == [1.0, 2.0] and out[1, 0] == 3.0
+    assert np.isnan(out[1, 1]) and np.isnan(out[2]).all()
+    assert nan_padded([np.array([1.0])], width=3).shape == (1, 3)

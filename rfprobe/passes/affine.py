@@ -26,7 +26,7 @@ import torch.nn as nn
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
-from rfprobe.results import layer_coords, provenance, stack
+from rfprobe.results import layer_coords, nan_padded, provenance, stack
 from rfprobe.sites import BN_TYPES, BNSite, find_sites
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -43,13 +43,6 @@ class BNAffine:
     sites: list[BNSite]
     gamma: list[np.ndarray]
     beta: list[np.ndarray]
-
-    def padded(self, values: list[np.ndarray]) -> np.ndarray:
-        """`(layer, channel)` array, NaN-padded to the widest layer."""
-        out = np.full((len(values), max(len(v) for v in values)), np.nan)
-        for i, v in enumerate(values):
-            out[i, :len(v)] = v
-        return out
 
     def coords(self) -> dict:
         width = max(len(g) for g in self.gamma)
@@ -114,7 +107,7 @@ def run(model: nn.Module, *, gamma_edges: np.ndarray | None = None, beta_edges: 
     beta_edges = shared_edges(affine.beta, bins) if beta_edges is None else np.asarray(beta_edges, float)
     if len(gamma_edges) != len(beta_edges):
         raise RfprobeError("gamma and beta histograms need the same number of bins")
-    gamma, beta = affine.padded(affine.gamma), affine.padded(affine.beta)
+    gamma, beta = nan_padded(affine.gamma), nan_padded(affine.beta)
     pooled_gamma, pooled_beta = np.concatenate(affine.gamma), np.concatenate(affine.beta)
     abs_gamma = np.abs(gamma)
     data = {

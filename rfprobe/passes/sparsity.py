@@ -32,7 +32,7 @@ import xarray as xr
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
 from rfprobe.progress import track
-from rfprobe.results import layer_coords, provenance
+from rfprobe.results import layer_coords, nan_padded, provenance
 from rfprobe.sites import ReluSite, find_sites, trace
 
 THRESHOLDS = (1e-3, 1e-2, 5e-2, 0.1)
@@ -155,13 +155,6 @@ def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndar
     return gamma, beta
 
 
-def _padded(values: list[np.ndarray], width: int) -> np.ndarray:
-    out = np.full((len(values), width), np.nan)
-    for i, v in enumerate(values):
-        out[i, :len(v)] = v
-    return out
-
-
 def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | torch.device = "cpu",
         thresholds=THRESHOLDS, bins: int = 20, checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
     """Activation sparsity of `model` over `data` (module docstring), joined with small-|gamma| counts.
@@ -213,7 +206,7 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
     channels = np.array([site.n_channels for site in relu], dtype=np.int64)
     gamma, beta = _affine(model, relu, width)
     is_bn = np.array([site.source == "bn" for site in relu])
-    dead_matrix = _padded(dead, width)
+    dead_matrix = nan_padded(dead, width)
     small = np.abs(gamma)[None] < np.array(thresholds)[:, None, None]  # NaN compares False
     small_count = np.where(is_bn[None], small.sum(2), np.nan)
     dead_small = np.where(is_bn[None], (small & (dead_matrix[None] == 1)).sum(2), np.nan)
@@ -224,11 +217,11 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
     lc = ("layer", "channel")
     ds = xr.Dataset(
         {
-            "zero_fraction": (lc, _padded([z / c for z, c in zip(zeros, counts)], width)),
-            "mean_activation": (lc, _padded([t / c for t, c in zip(total, counts)], width)),
-            "max_activation": (lc, _padded([acc.maximum.cpu().double().numpy() for acc in accumulators], width)),
+            "zero_fraction": (lc, nan_padded([z / c for z, c in zip(zeros, counts)], width)),
+            "mean_activation": (lc, nan_padded([t / c for t, c in zip(total, counts)], width)),
+            "max_activation": (lc, nan_padded([acc.maximum.cpu().double().numpy() for acc in accumulators], width)),
             "dead": (lc, dead_matrix),
-            "example_zero_fraction": (lc, _padded([e / n for e in example_zero], width)),
+            "example_zero_fraction": (lc, nan_padded([e / n for e in example_zero], width)),
             "gamma": (lc, gamma),
             "beta": (lc, beta),
             "positions": (layer, np.array([acc.positions for acc in accumulators], dtype=np.int64)),
