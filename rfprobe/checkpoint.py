@@ -6,16 +6,22 @@
     dataset, mode, bn_init, seed, epoch, metrics (dict), hparams (dict)
     state_dict   the model's state dict
     masks        (random mode) {param name: bool tensor of trainable elements}
+    normalization {"name", "mean", "std"}: the input normalisation of training (rfprobe.normalization)
     ...          anything else JSON-able or a tensor (the trainer adds optimiser and RNG state)
 
 Saved atomically (temp file + rename); loaded with `torch.load(weights_only=True)` only, so a file whose
 pickle references code is refused, never executed. A bare state dict (OpenLTH, torchvision, or a
 `{"state_dict": ...}` / `{"model_state_dict": ...}` wrapper) loads when `arch` names its architecture.
+
+safetensors files (no pickle at all) load too: a bare one like a bare state dict, and one written by
+`export_safetensors` as the rfprobe checkpoint it came from (its JSON metadata under the `rfprobe` key,
+random-mode masks as tensors named `rfprobe.masks.<param>`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import warnings
@@ -27,10 +33,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from rfprobe.atomic import atomic_file
 from rfprobe.errors import CheckpointError, RfprobeError
 from rfprobe.models import build_model
 
 FORMAT = "rfprobe.checkpoint/1"
+SAFETENSORS_MASK_PREFIX = "rfprobe.masks."
+TRAINING_STATE = ("optimizer", "rng")
+"""Checkpoint entries that only resume training; an export leaves them out."""
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -58,10 +68,23 @@ class Checkpoint:
 
     @property
     def label(self) -> str:
-        """A short name: the run directory for `final.pt`/`init.pt`/`epoch_XXX.pt`, else the file stem."""
-        if self.path.stem in ("final", "init", "best") or self.path.stem.startswith("epoch_"):
-            return f"{self.path.parent.name}/{self.path.stem}" if self.path.stem != "final" else self.path.parent.name
-        return self.path.stem
+        return label_of(self.path)
+
+    @property
+    def normalization(self):
+        """The recorded input normalisation (rfprobe.normalization.Normalization), None when none is recorded."""
+        from rfprobe.normalization import from_meta
+
+        return from_meta(self.meta.get("normalization"))
+
+
+def label_of(path: str | os.PathLike) -> str:
+    """A checkpoint's short name from its path alone: the run directory for `final.pt`, `run/init`,
+    `run/epoch_XXX` for the others of a run directory, else the file stem."""
+    path = Path(path)
+    if path.stem in ("final", "init", "best") or path.stem.startswith("epoch_"):
+        return f"{path.parent.name}/{path.stem}" if path.stem != "final" else path.parent.name
+    return path.stem
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -73,19 +96,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to `<path>.tmp-<pid>`, fsync, then rename over `path`: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    """`torch.save` to a fresh temporary file beside `path`, fsync, then rename over it (rfprobe.atomic)."""
+    with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str | None = None, num_classes: int | None = None,
@@ -102,15 +118,45 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str | No
     return Path(path)
 
 
+def _is_safetensors(head: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+def _read_safetensors(path: Path) -> Any:
+    """The tensors of a safetensors file: a bare state dict, or (when its metadata says it was exported by
+    rfprobe) the checkpoint dict it came from."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    if metadata.get("format") != FORMAT:
+        return tensors
+    try:
+        meta = json.loads(metadata.get("rfprobe", ""))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: safetensors file with unreadable rfprobe metadata ({e})") from None
+    masks = {k[len(SAFETENSORS_MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(SAFETENSORS_MASK_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(SAFETENSORS_MASK_PREFIX)}
+    return {**meta, "format": FORMAT, "state_dict": state, **({"masks": masks} if masks else {})}
+
+
 def _read(path: Path) -> Any:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file (did you mean {path}/final.pt?)")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if _is_safetensors(head) or path.suffix == ".safetensors":
+        return _read_safetensors(path)
     if head[:2] != b"PK" and head[:1] != b"\x80":
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive, a pickle, "
+                              "nor a safetensors file)")
     if head[:2] == b"PK" and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint (the zip archive has no central directory)")
     try:
@@ -218,3 +264,34 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, num_cla
         mode=str(meta.get("mode", "unknown")), dataset=str(meta.get("dataset", "unknown")),
         epoch=meta.get("epoch"), metrics=dict(meta.get("metrics") or {}), hparams=dict(meta.get("hparams") or {}),
         masks=dict(masks), meta=meta, nonfinite=bad, bare=bare)
+
+
+def export_safetensors(checkpoint: Checkpoint, path: str | os.PathLike) -> tuple[Path, list[str]]:
+    """Write `checkpoint` as a safetensors file (atomically): its state dict and masks as tensors, every
+    JSON-able metadata entry (arch, num_classes, mode, dataset, epoch, metrics, hparams, normalization, ...)
+    as JSON under the metadata key `rfprobe`. Returns the path and the entries left out (training state such
+    as the optimizer and RNG, and anything not JSON-able)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {k: v for k, v in checkpoint.meta.items() if k not in ("format", "state_dict", "masks")}
+    meta.update(arch=checkpoint.arch, num_classes=checkpoint.num_classes)
+    if checkpoint.bare:
+        meta.update(mode=checkpoint.mode, dataset=checkpoint.dataset)
+    kept, left_out = {}, []
+    for key, value in meta.items():
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            left_out.append(key)
+            continue
+        if key in TRAINING_STATE:
+            left_out.append(key)
+            continue
+        kept[key] = value
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in checkpoint.model.state_dict().items()}
+    tensors.update({SAFETENSORS_MASK_PREFIX + k: v.detach().cpu().contiguous().clone() for k, v in checkpoint.masks.items()})
+    metadata = {"format": FORMAT, "rfprobe": json.dumps(kept)}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path, sorted(left_out)

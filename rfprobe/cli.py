@@ -31,8 +31,8 @@ app = typer.Typer(
 )
 console = Console()
 
-# Options shared by the passes (DESIGN.md "CLI conventions").
-CheckpointsArg = Annotated[list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt, or a bare state dict with --arch")]
+# Options shared by the passes (docs/cli.md).
+CheckpointsArg = Annotated[list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt or .safetensors, or a bare state dict with --arch")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="architecture of a bare state dict, e.g. cifar_resnet_20, torchvision:resnet50")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="classes of a bare state dict (default: rows of its last 2-D weight)")]
 LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="label per checkpoint (default: run name or file stem)")]
@@ -43,9 +43,15 @@ SplitOpt = Annotated[str, typer.Option("--split", help="train or test")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="use the first N examples")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="examples per forward pass")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
+NormalizationOpt = Annotated[Optional[str], typer.Option(
+    "--normalization", help="input normalisation preset for every checkpoint: cifar10, cifar100, imagenet (OpenLTH's "
+                            "for CIFAR), kuangliu, half, synthetic, none (default: each checkpoint's recorded one, "
+                            "else the dataset's)")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="per-channel input mean instead of a preset, e.g. 0.485,0.456,0.406 (with --std)")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="zarr store to write (default results/<label>/<pass>.zarr)")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="also write a figure (.png, .pdf, .svg)")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out / --plot")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out / --plot (only an rfprobe result store / a figure file)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout and nothing else")]
 
 
@@ -69,40 +75,65 @@ def warn(message: str) -> None:
     print(f"rfprobe: warning: {message}", file=sys.stderr)
 
 
-def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: int | None = None, device="cpu"):
-    """Load every checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
+def load_one(path: Path, arch: str | None = None, num_classes: int | None = None, device="cpu"):
+    """Load one checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
     from rfprobe.checkpoint import load_checkpoint
 
-    loaded = []
-    for path in paths:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            loaded.append(load_checkpoint(path, arch=arch, num_classes=num_classes, device=device))
-        for w in caught:
-            warn(str(w.message))
-    return loaded
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes, device=device)
+    for w in caught:
+        warn(str(w.message))
+    return ckpt
+
+
+def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: int | None = None, device="cpu"):
+    return [load_one(path, arch, num_classes, device) for path in paths]
 
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
-def labels_for(checkpoints, labels: list[str] | None, defaults: list[str] | None = None, what: str = "checkpoint") -> list[str]:
-    """`--label` values (one per checkpoint) or the defaults: each checkpoint's own label (run name or file stem)."""
+def labels_for(items, labels: list[str] | None, defaults: list[str] | None = None, what: str = "checkpoint") -> list[str]:
+    """`--label` values (one per checkpoint) or the defaults (default: each checkpoint path's label, run name
+    or file stem); known from the command line alone, so outputs are checked before anything is loaded."""
+    from rfprobe.checkpoint import label_of
+
     if labels:
-        if len(labels) != len(checkpoints):
-            raise RfprobeError(f"--label given {len(labels)} times for {len(checkpoints)} {what}s; give one per {what}")
+        if len(labels) != len(items):
+            raise RfprobeError(f"--label given {len(labels)} times for {len(items)} {what}s; give one per {what}")
         return list(labels)
-    return list(defaults) if defaults is not None else [c.label for c in checkpoints]
+    return list(defaults) if defaults is not None else [label_of(p) for p in items]
+
+
+def check_files(paths: list[Path]) -> None:
+    """Every checkpoint path names an existing file (one line otherwise), checked before any is loaded."""
+    from rfprobe.errors import CheckpointError
+
+    for path in paths:
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such file")
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a directory, not a checkpoint file (did you mean {path}/final.pt?)")
+
+
+def check_positive(**options: int | None) -> None:
+    """`--limit`, `--batch-size`, ...: each given value must be at least 1 (option names from the keywords)."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise RfprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def prepare_outputs(pass_name: str, labels: list[str], out: Path | None, plot: Path | None, overwrite: bool):
-    """Resolve `--out` (default results/<label>/<pass>.zarr) and refuse existing outputs *before* any work."""
+    """Resolve `--out` (default results/<label>/<pass>.zarr) and refuse outputs that cannot be written
+    (rfprobe.results.check_writable, rfprobe.plots.check_plot_path) *before* any work."""
+    from rfprobe.plots import check_plot_path
     from rfprobe.results import check_writable, default_output
 
     path = check_writable(out or default_output(pass_name, labels), overwrite)
     if plot is not None:
-        check_writable(plot, overwrite)
+        check_plot_path(plot, overwrite)
     return path, plot
 
 
@@ -122,13 +153,64 @@ def report_written(written: dict) -> None:
         console.print(f"{kind}: {where}", highlight=False)
 
 
-def warn_dataset_mismatch(checkpoints, data) -> None:
-    """One stderr line per checkpoint trained on another dataset than the one it is measured on (when the
+def warn_dataset_mismatch(checkpoint, data) -> None:
+    """One stderr line for a checkpoint trained on another dataset than the one it is measured on (when the
     shapes match: mismatched shapes are the pass's one-line error, not a warning)."""
-    for c in checkpoints:
-        shape_fits = tuple(data.x.shape[1:]) == tuple(getattr(c.model, "rfprobe_input_shape", ()))
-        if c.dataset not in ("unknown", data.name) and shape_fits:
-            warn(f"{c.path} was trained on {c.dataset}; measuring it on {data.name}")
+    shape_fits = tuple(data.x.shape[1:]) == tuple(getattr(checkpoint.model, "rfprobe_input_shape", ()))
+    if checkpoint.dataset not in ("unknown", data.name) and shape_fits:
+        warn(f"{checkpoint.path} was trained on {checkpoint.dataset}; measuring it on {data.name}")
+
+
+class DataOptions:
+    """The data options of a pass, validated at once (before anything is loaded); `load` reads the data."""
+
+    def __init__(self, dataset: str | None, split: str, data_root: Path | None, download: bool, limit: int | None,
+                 normalization: str | None, mean: str | None, std: str | None):
+        from rfprobe.data import check_dataset_name, check_split
+        from rfprobe.normalization import from_options
+
+        if dataset is not None:
+            check_dataset_name(dataset)
+        check_split(split)
+        check_positive(limit=limit)
+        self.dataset, self.split, self.root, self.download, self.limit = dataset, split, data_root, download, limit
+        self.override = from_options(normalization, mean, std)
+
+    def load(self, dataset: str | None = None):
+        from rfprobe.data import load_dataset
+
+        return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit)
+
+    def for_checkpoint(self, checkpoint, data):
+        """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess."""
+        from rfprobe.normalization import resolve
+
+        if checkpoint is not None:
+            warn_dataset_mismatch(checkpoint, data)
+        resolved = resolve(checkpoint, data.name, self.override)
+        if resolved.warning:
+            warn(resolved.warning)
+        return data.with_normalization(resolved.normalization, resolved.source)
+
+
+def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,
+                    default_dataset=lambda ckpt: None, description: str = "", progress: bool = False):
+    """Yield `(checkpoint, data)` one checkpoint at a time (memory bounded by one model), with `data` loaded
+    once (the dataset `default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
+    each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`."""
+    from rfprobe.progress import track
+
+    data = None
+    if data_options is not None and data_options.dataset is not None:
+        data = data_options.load()
+    for path in track(paths, len(paths), description, enabled=progress and len(paths) > 1):
+        ckpt = load_one(path, arch, num_classes, device)
+        if data_options is None:
+            yield ckpt, None
+            continue
+        if data is None:
+            data = data_options.load(default_dataset(ckpt))
+        yield ckpt, data_options.for_checkpoint(ckpt, data)
 
 
 def _pct(fraction: float) -> str:
@@ -157,7 +239,21 @@ def checkpoint_table(title: str, summary: dict[str, dict], rows) -> Table:
     return table
 
 
-# ---------------------------------------------------------------- info
+# ---------------------------------------------------------------- info, export
+
+
+def _normalization_report(ckpt) -> dict:
+    """The normalisation data passes use for `ckpt` by default, and where it comes from (for `info`)."""
+    from rfprobe.normalization import DATASET_DEFAULTS, resolve
+
+    dataset = ckpt.dataset if ckpt.dataset.partition(":")[0] in DATASET_DEFAULTS else "cifar10"
+    resolved = resolve(ckpt, dataset)
+    source = {"checkpoint": "recorded in the checkpoint",
+              "training dataset default": f"not recorded: the default of its training dataset {ckpt.dataset}, "
+                                          "which the trainer used",
+              "dataset default": f"not recorded: the measured dataset's default ({dataset} shown); "
+                                 "override with --normalization or --mean/--std"}[resolved.source]
+    return {**resolved.normalization.to_meta(), "source": source}
 
 
 @app.command()
@@ -171,7 +267,7 @@ def info(
     from rfprobe.sites import find_sites
     from rfprobe.trainable import GROUPS, parameter_groups, select
 
-    (ckpt,) = load_checkpoints([checkpoint], arch, num_classes)
+    ckpt = load_one(checkpoint, arch, num_classes)
     model = ckpt.model
     sites = find_sites(model)
     groups = parameter_groups(model, sites)
@@ -188,6 +284,7 @@ def info(
         "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "arch": ckpt.arch, "num_classes": ckpt.num_classes,
         "format": "bare state dict" if ckpt.bare else ckpt.meta.get("format"), "mode": ckpt.mode,
         "dataset": ckpt.dataset, "epoch": ckpt.epoch, "metrics": ckpt.metrics,
+        "normalization": _normalization_report(ckpt),
         "parameters": {"total": sum(totals.values()), **totals},
         "trainable": None if trainable is None else {"total": sum(trainable.values()), **trainable},
         "nonfinite_tensors": ckpt.nonfinite,
@@ -198,8 +295,14 @@ def info(
         print_json(report)
         return
     head = Table(show_header=False, box=None)
+    head.add_column(no_wrap=True)
+    head.add_column(overflow="fold")
     for key in ("checkpoint", "arch", "num_classes", "format", "mode", "dataset", "epoch"):
         head.add_row(key, str(report[key]))
+    norm = report["normalization"]
+    head.add_row("normalization", f"{norm['name']} (mean {', '.join(f'{v:g}' for v in norm['mean'])}; "
+                                  f"std {', '.join(f'{v:g}' for v in norm['std'])})")
+    head.add_row("", norm["source"])
     for key, value in ckpt.metrics.items():
         head.add_row(f"metrics.{key}", f"{value:.4g}" if isinstance(value, float) else str(value))
     if ckpt.nonfinite:
@@ -222,6 +325,34 @@ def info(
     console.print(layers)
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint file (rfprobe .pt, or a bare state dict with --arch)")],
+    out: Annotated[Path, typer.Argument(help="the .safetensors file to write")],
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing .safetensors file")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a checkpoint as safetensors (no pickle): tensors, masks and its metadata; loads back as the same checkpoint."""
+    from rfprobe.checkpoint import export_safetensors
+    from rfprobe.results import check_writable
+
+    if out.suffix != ".safetensors":
+        raise RfprobeError(f"{out}: the export is a safetensors file; give a path ending in .safetensors")
+    check_writable(out, overwrite, replaceable=lambda p: p.is_file() and not p.is_symlink(),
+                   what="a safetensors file", option="OUT")
+    check_files([checkpoint])
+    ckpt = load_one(checkpoint, arch, num_classes)
+    path, left_out = export_safetensors(ckpt, out)
+    if json_out:
+        print_json({"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "written": str(path), "left_out": left_out})
+        return
+    console.print(f"safetensors: {path}", highlight=False)
+    if left_out:
+        console.print(f"left out (training state, not part of the model): {', '.join(left_out)}", highlight=False)
+
+
 # ---------------------------------------------------------------- affine, dead (data-free)
 
 
@@ -242,10 +373,10 @@ def affine(
     from rfprobe.plots.affine import affine_figure
 
     affine_pass.shared_edges([], bins)  # validates --bins before any work
-    ckpts = load_checkpoints(checkpoints, arch, num_classes)
-    labels = labels_for(ckpts, label)
+    labels = labels_for(checkpoints, label)
     path, plot = prepare_outputs("affine", labels, out, plot, overwrite)
-    ds = affine_pass.run_checkpoints(ckpts, labels, bins=bins)
+    check_files(checkpoints)
+    ds = affine_pass.run_checkpoints(load_checkpoints(checkpoints, arch, num_classes), labels, bins=bins)
     written = write_outputs(ds, path, plot, affine_figure, overwrite)
     q = {float(x): i for i, x in enumerate(ds["quantile"].values)}
     summary = {}
@@ -289,10 +420,10 @@ def dead(
     from rfprobe.plots.dead import dead_figure
 
     thresholds = dead_pass.check_thresholds(threshold)
-    ckpts = load_checkpoints(checkpoints, arch, num_classes)
-    labels = labels_for(ckpts, label)
+    labels = labels_for(checkpoints, label)
     path, plot = prepare_outputs("dead", labels, out, plot, overwrite)
-    ds = dead_pass.run_checkpoints(ckpts, labels, thresholds=thresholds)
+    check_files(checkpoints)
+    ds = dead_pass.run_checkpoints(load_checkpoints(checkpoints, arch, num_classes), labels, thresholds=thresholds)
     written = write_outputs(ds, path, plot, dead_figure, overwrite)
     if json_out:
         print_json({"pass": "dead", "thresholds": [float(t) for t in thresholds],
@@ -328,14 +459,6 @@ def dead(
 # ---------------------------------------------------------------- sparsity, ablate (data passes)
 
 
-def _data_and_device(dataset: str, split: str, data_root: Path | None, download: bool, limit: int | None, device: str):
-    from rfprobe.data import load_dataset, resolve_device
-
-    dev = resolve_device(device)
-    data = load_dataset(dataset, split, root=data_root, download=download, limit=limit)
-    return data, dev
-
-
 @app.command()
 def sparsity(
     checkpoints: CheckpointsArg,
@@ -347,6 +470,9 @@ def sparsity(
     batch_size: BatchSizeOpt = 500,
     threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="|gamma| threshold for the small-gamma join, repeatable (default 1e-3 1e-2 5e-2 0.1)")] = None,
     bins: Annotated[int, typer.Option("--bins", help="bins of the per-example histogram on [0, 1]")] = 20,
+    normalization: NormalizationOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -357,23 +483,28 @@ def sparsity(
     json_out: JsonOpt = False,
 ) -> None:
     """Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero channels), joined with small |gamma|."""
+    from rfprobe.data import resolve_device
     from rfprobe.passes import sparsity as sparsity_pass
     from rfprobe.plots.sparsity import sparsity_figure
     from rfprobe.results import stack
 
-    data, dev = _data_and_device(dataset, split, data_root, download, limit, device)
-    ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
-    warn_dataset_mismatch(ckpts, data)
-    labels = labels_for(ckpts, label)
+    thresholds = sparsity_pass.check_options(threshold, bins)
+    data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
+    check_positive(batch_size=batch_size)
+    dev = resolve_device(device)
+    labels = labels_for(checkpoints, label)
     path, plot = prepare_outputs("sparsity", labels, out, plot, overwrite)
-    thresholds = tuple(threshold) if threshold else sparsity_pass.THRESHOLDS
-    results = [sparsity_pass.run(c.model, data, batch_size=batch_size, device=dev, thresholds=thresholds, bins=bins,
-                                 checkpoint=c, command=sys.argv, progress=not json_out) for c in ckpts]
+    check_files(checkpoints)
+    results = []
+    for c, data in each_checkpoint(checkpoints, arch, num_classes, dev, data_options):
+        results.append(sparsity_pass.run(c.model, data, batch_size=batch_size, device=dev, thresholds=thresholds,
+                                         bins=bins, checkpoint=c, command=sys.argv, progress=not json_out))
     ds = stack(results, labels)
     written = write_outputs(ds, path, plot, sparsity_figure, overwrite)
     summary = sparsity_pass.headline(ds)
     if json_out:
         print_json({"pass": "sparsity", "dataset": data.name, "split": data.split, "n_examples": len(data),
+                    "normalization": ds.attrs["normalization"],
                     "checkpoints": summary, "written": written})
         return
     rows = [("accuracy", lambda s: _pct(s["accuracy"])),
@@ -403,6 +534,9 @@ def ablate(
     reenable_pruned: Annotated[bool, typer.Option("--reenable-pruned", help="also restore gamma of the channels below --prune-below")] = False,
     reenable_value: Annotated[str, typer.Option("--reenable-value", help="init (init.pt beside the checkpoint, else median), median (of the layer's live |gamma|), one")] = "init",
     eligible: Annotated[str, typer.Option("--eligible", help="BNs whose channels may be pruned: all, no-shortcut, relu")] = "all",
+    normalization: NormalizationOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -413,28 +547,23 @@ def ablate(
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a pruning curve, re-enabling."""
+    from rfprobe.data import resolve_device
     from rfprobe.passes import ablate as ablate_pass
     from rfprobe.plots.ablate import ablate_figure
     from rfprobe.results import stack
 
-    if eligible not in ablate_pass.ELIGIBLE:
-        raise RfprobeError(f"unknown --eligible {eligible!r}; choose one of {', '.join(ablate_pass.ELIGIBLE)}")
-    if reenable_value not in ablate_pass.REENABLE_VALUES:
-        raise RfprobeError(f"unknown --reenable-value {reenable_value!r}; choose one of {', '.join(ablate_pass.REENABLE_VALUES)}")
-    try:
-        curve = tuple(float(f) for f in fractions.split(",") if f.strip())
-    except ValueError:
-        raise RfprobeError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
-    data, dev = _data_and_device(dataset, split, data_root, download, limit, device)
-    ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
-    warn_dataset_mismatch(ckpts, data)
-    labels = labels_for(ckpts, label)
+    curve = ablate_pass.check_options(prune_below, seeds, fractions, eligible, reenable_value)
+    data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
+    check_positive(batch_size=batch_size)
+    dev = resolve_device(device)
+    labels = labels_for(checkpoints, label)
     path, plot = prepare_outputs("ablate", labels, out, plot, overwrite)
+    check_files(checkpoints)
     results = []
-    for c in ckpts:
+    for c, data in each_checkpoint(checkpoints, arch, num_classes, dev, data_options):
         init = None
         if reenable_pruned and reenable_value == "init" and (c.path.parent / "init.pt").exists():
-            (init,) = load_checkpoints([c.path.parent / "init.pt"], arch, num_classes, device=dev)
+            init = load_one(c.path.parent / "init.pt", arch, num_classes, device=dev)
         results.append(ablate_pass.run(
             c.model, data, prune_below=prune_below, keep_beta=keep_beta, seeds=seeds, fractions=curve,
             reenable=reenable_pruned, reenable_value=reenable_value, init_model=init.model if init else None,
@@ -445,6 +574,7 @@ def ablate(
     summary = ablate_pass.headline(ds)
     if json_out:
         print_json({"pass": "ablate", "dataset": data.name, "split": data.split, "n_examples": len(data),
+                    "normalization": ds.attrs["normalization"],
                     "prune_below": prune_below, "prune_operation": ds.attrs["prune_operation"],
                     "eligible_bns": eligible, "checkpoints": summary, "written": written})
         return
@@ -474,31 +604,23 @@ def ablate(
 # ---------------------------------------------------------------- signal (signal propagation plots)
 
 
-def _signal_subjects(args: list[str], arch, num_classes, device, *, seed: int, bn_init: str,
-                     skip_init_gain: float | None):
-    """Each argument: an existing file is a checkpoint, anything else an architecture name (a fresh init
-    from `seed`). Returns (checkpoint or None, model, label) triples."""
+def _signal_subject(arg: str, arch, num_classes, device, *, seed: int, bn_init: str, skip_init_gain: float | None):
+    """An existing file is a checkpoint, anything else an architecture name (a fresh init from `seed`).
+    Returns (checkpoint or None, model)."""
     from rfprobe.models import architecture_patterns, build_model
 
-    if skip_init_gain is not None and not any(a.startswith("nf_") and not Path(a).exists() for a in args):
-        raise RfprobeError("--skip-init-gain sets the skip gain of fresh nf_resnet / nf_he_resnet inits; "
-                           "no argument names one")
-    subjects = []
-    for arg in args:
-        if Path(arg).exists():
-            (ckpt,) = load_checkpoints([Path(arg)], arch, num_classes, device=device)
-            subjects.append((ckpt, ckpt.model, ckpt.label))
-            continue
-        options = {"skip_init_gain": skip_init_gain} if skip_init_gain is not None and arg.startswith("nf_") else {}
-        try:
-            model = build_model(arg, num_classes or 10, bn_init=bn_init, seed=seed, **options)
-        except RfprobeError as e:
-            if not str(e).startswith("unknown architecture"):
-                raise
-            raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
-                               f"({'; '.join(architecture_patterns())})") from None
-        subjects.append((None, model.to(device), arg))
-    return subjects
+    if Path(arg).exists():
+        ckpt = load_one(Path(arg), arch, num_classes, device=device)
+        return ckpt, ckpt.model
+    options = {"skip_init_gain": skip_init_gain} if skip_init_gain is not None and arg.startswith("nf_") else {}
+    try:
+        model = build_model(arg, num_classes or 10, bn_init=bn_init, seed=seed, **options)
+    except RfprobeError as e:
+        if not str(e).startswith("unknown architecture"):
+            raise
+        raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
+                           f"({'; '.join(architecture_patterns())})") from None
+    return None, model.to(device)
 
 
 @app.command()
@@ -516,6 +638,9 @@ def signal(
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     split: SplitOpt = "test",
+    normalization: NormalizationOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -526,27 +651,38 @@ def signal(
     json_out: JsonOpt = False,
 ) -> None:
     """Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block."""
+    from rfprobe.checkpoint import label_of
     from rfprobe.data import resolve_device
+    from rfprobe.models import BN_INITS
     from rfprobe.passes import signal as signal_pass
     from rfprobe.plots.signal import draw_signal
 
-    if input_kind not in signal_pass.INPUTS:
-        raise RfprobeError(f"unknown --input {input_kind!r}; choose gaussian or data")
+    signal_pass.check_options(input_kind, batch)
+    if bn_init not in BN_INITS:
+        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
+    data_options = DataOptions(dataset, split, data_root, download, None, normalization, mean, std)
+    if input_kind != "data" and data_options.override is not None:
+        raise RfprobeError("--normalization / --mean / --std apply to --input data (Gaussian input is not normalised)")
+    if skip_init_gain is not None and not any(a.startswith("nf_") and not Path(a).exists() for a in models):
+        raise RfprobeError("--skip-init-gain sets the skip gain of fresh nf_resnet / nf_he_resnet inits; "
+                           "no argument names one")
     dev = resolve_device(device)
-    subjects = _signal_subjects(models, arch, num_classes, dev, seed=seed, bn_init=bn_init, skip_init_gain=skip_init_gain)
-    labels = labels_for(subjects, label, defaults=[s[2] for s in subjects], what="model")
+    labels = labels_for(models, label, defaults=[label_of(a) if Path(a).exists() else a for a in models], what="model")
     path, plot = prepare_outputs("signal", labels, out, plot, overwrite)
-    data_x, data_name = (signal_pass.data_input(dataset, batch, seed, split=split, root=data_root, download=download)
-                         if input_kind == "data" else (None, None))
+    batch_data = (signal_pass.data_input(dataset, batch, seed, split=split, root=data_root, download=download)
+                  if input_kind == "data" else None)
     results = []
-    for ckpt, model, _ in subjects:
-        x = data_x if data_x is not None else signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed)
+    for arg in models:
+        ckpt, model = _signal_subject(arg, arch, num_classes, dev, seed=seed, bn_init=bn_init, skip_init_gain=skip_init_gain)
+        if batch_data is not None:
+            x = data_options.for_checkpoint(ckpt, batch_data)
+        else:
+            x = signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed).to(dev)
         at_init = ckpt is None or ckpt.epoch == 0
         init = {} if ckpt is not None else {"init_seed": seed, "bn_init": bn_init,
                                             "skip_init_gain": "" if skip_init_gain is None else skip_init_gain}
-        results.append(signal_pass.run(model, x.to(dev), batch_stats=batch_stats or at_init, checkpoint=ckpt,
-                                       input_kind=input_kind, dataset=data_name, split=split, seed=seed,
-                                       command=sys.argv, **init))
+        results.append(signal_pass.run(model, x, batch_stats=batch_stats or at_init, checkpoint=ckpt,
+                                       input_kind=input_kind, split=split, seed=seed, command=sys.argv, **init))
     ds = signal_pass.stack_signals(results, labels)
     written = write_outputs(ds, path, plot, draw_signal, overwrite)
     summary = signal_pass.headline(ds)
@@ -589,6 +725,9 @@ def partition(
     slice_max_regions: Annotated[int, typer.Option("--slice-max-regions", help="stop enumerating the slice after this many regions")] = 2000,
     slice_resolution: Annotated[int, typer.Option("--slice-resolution", help="raster side of the drawn slice")] = 128,
     seed: Annotated[int, typer.Option("--seed", help="seed of segments, probes, directions and batches")] = 0,
+    normalization: NormalizationOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -600,25 +739,23 @@ def partition(
 ) -> None:
     """Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer
     distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode)."""
-    from rfprobe.data import load_dataset, resolve_device
+    from rfprobe.data import DATASETS, resolve_device
     from rfprobe.passes import partition as partition_pass
     from rfprobe.plots.partition import partition_figure
-    from rfprobe.progress import track
 
-    segment_kinds = [k.strip() for k in kinds.split(",") if k.strip()]
-    unknown = [k for k in segment_kinds if k not in partition_pass.SEGMENT_KINDS]
-    if unknown or not segment_kinds:
-        raise RfprobeError(f"--kinds: unknown segment kind(s) {', '.join(unknown) or '(none given)'}; "
-                           f"choose from {', '.join(partition_pass.SEGMENT_KINDS)}")
+    data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
+    segment_kinds = partition_pass.check_options(
+        segments, kinds, radius, max_breakpoints, exact_points, probes, lc_points, jitter_batches, jitter_batch_size,
+        slice_resolution, slice_max_regions, n_points=limit)
+    check_positive(batch_size=batch_size)
     dev = resolve_device(device)
-    ckpts = load_checkpoints(checkpoints, arch, num_classes, device=dev)
-    labels = labels_for(ckpts, label)
+    labels = labels_for(checkpoints, label)
     path, plot = prepare_outputs("partition", labels, out, plot, overwrite)
-    name = dataset or ckpts[0].dataset or "cifar10"
-    data = load_dataset(name, split, root=data_root, download=download, limit=limit)
-    warn_dataset_mismatch(ckpts, data)
+    check_files(checkpoints)
     results = []
-    for c in track(ckpts, len(ckpts), "partition", enabled=not json_out and len(ckpts) > 1):
+    for c, data in each_checkpoint(checkpoints, arch, num_classes, dev, data_options,
+                                   default_dataset=lambda c: c.dataset if c.dataset in DATASETS else "cifar10",
+                                   description="partition", progress=not json_out):
         results.append(partition_pass.run(
             c.model, data, checkpoint=c, segments_per_kind=segments, segment_kinds=segment_kinds, radius=radius,
             max_breakpoints=max_breakpoints, exact_points=exact_points,
@@ -630,6 +767,7 @@ def partition(
     summary = partition_pass.headline(ds)
     if json_out:
         print_json({"pass": "partition", "dataset": data.name, "split": data.split, "n_examples": len(data),
+                    "normalization": ds.attrs["normalization"],
                     "recalibrate_bn": recalibrate_bn, "checkpoints": summary, "written": written})
         return
     title = f"linear regions: {data.name} {data.split}, {len(data)} points{', BN recalibrated on them' if recalibrate_bn else ''}"

@@ -7,7 +7,8 @@
 - `toy2d[:moons|circles|spirals|blobs]`: 2-D points for MLP partition studies (see `make_toy2d`).
 
 Images are uint8 `(N, 3, 32, 32)`; toy points float32 `(N, 2)`; labels int64. `batches` yields float
-batches on the device, normalised per channel with the dataset's recorded `mean` / `std`.
+batches on the device, normalised per channel with the Data's `normalization` (the dataset's default until
+`with_normalization` sets a checkpoint's own: rfprobe.normalization).
 """
 
 from __future__ import annotations
@@ -24,16 +25,10 @@ import numpy as np
 import torch
 
 from rfprobe.errors import DataError, RfprobeError
+from rfprobe.normalization import Normalization, attrs, for_dataset
 
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# Per-channel mean / std of the training images (pixel / 255): the constants everyone uses.
-NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "synthetic": ((0.5, 0.5, 0.5), (0.288, 0.288, 0.288)),
-    "toy2d": ((0.0, 0.0), (1.0, 1.0)),
-}
 TOY2D_KINDS = ("moons", "circles", "spirals", "blobs")
 DATASETS = ("cifar10", "cifar100", "synthetic", "toy2d", *(f"toy2d:{k}" for k in TOY2D_KINDS))
 SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}
@@ -48,12 +43,36 @@ class Data:
     x: torch.Tensor
     y: torch.Tensor
     classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    normalization: Normalization
     source: str
+    normalization_source: str = "dataset default"
+    """where `normalization` came from: the dataset's default, a checkpoint's record, an option"""
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.normalization.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.normalization.std
+
+    @property
+    def channels(self) -> int:
+        return int(self.x.shape[1])
+
+    def with_normalization(self, normalization: Normalization, source: str = "option") -> "Data":
+        """The same examples, normalised with `normalization` (one value, or one per input channel)."""
+        if not normalization.fits(self.channels):
+            raise RfprobeError(f"normalisation {normalization.describe()} has {len(normalization.mean)} values but "
+                               f"{self.name} has {self.channels} input channels")
+        return replace(self, normalization=normalization, normalization_source=source)
+
+    def normalization_attrs(self) -> dict[str, str]:
+        """What a result records of the input normalisation (`normalization`, `_mean`, `_std`, `_source`)."""
+        return attrs(self.normalization, self.normalization_source)
 
     def to(self, device: str | torch.device) -> "Data":
         return replace(self, x=self.x.to(device), y=self.y.to(device))
@@ -198,8 +217,8 @@ def load_cifar(name: str, split: str, root: str | os.PathLike | None = None, dow
             f"{name} not found: looked for {py_dir}/ or {bin_dir}/ in {root}"
             f"{'' if root.exists() else ' (which does not exist)'}; pass --data-root DIR, set RFPROBE_DATA, "
             f"or add --download (needs internet)")
-    mean, std = NORMALIZATION[name]
-    return Data(name, split, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), classes, mean, std, str(source))
+    return Data(name, split, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), classes, for_dataset(name),
+                str(source))
 
 
 # ---------------------------------------------------------------- synthetic
@@ -241,9 +260,8 @@ def make_synthetic(n: int, seed: int = 0, split: str = "train") -> tuple[torch.T
 
 def load_synthetic(split: str, seed: int = 0, n: int | None = None) -> Data:
     x, y = make_synthetic(n or SYNTHETIC_SIZES[split], seed=seed, split=split)
-    mean, std = NORMALIZATION["synthetic"]
     classes = tuple(f"{('0', '36', '72', '108', '144')[c % 5]}deg-{'low' if c < 5 else 'high'}" for c in range(10))
-    return Data("synthetic", split, x, y, classes, mean, std, f"generated (seed={seed})")
+    return Data("synthetic", split, x, y, classes, for_dataset("synthetic"), f"generated (seed={seed})")
 
 
 # ---------------------------------------------------------------- toy 2-D
@@ -282,28 +300,38 @@ def make_toy2d(kind: str, n: int, noise: float = 0.1, seed: int = 0, split: str 
 
 def load_toy2d(kind: str, split: str, n: int = 1000, noise: float = 0.1, seed: int = 0) -> Data:
     x, y = make_toy2d(kind, n, noise, seed, split)
-    mean, std = NORMALIZATION["toy2d"]
     classes = tuple(str(c) for c in range(int(y.max()) + 1))
-    return Data(f"toy2d:{kind}", split, x, y, classes, mean, std, f"generated (n={n}, noise={noise}, seed={seed})")
+    return Data(f"toy2d:{kind}", split, x, y, classes, for_dataset("toy2d"), f"generated (n={n}, noise={noise}, seed={seed})")
 
 
 # ---------------------------------------------------------------- entry points
+
+
+def check_dataset_name(name: str) -> None:
+    """Refuse (one line) a dataset name that is not one of DATASETS."""
+    if name not in DATASETS:
+        raise RfprobeError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise RfprobeError(f"unknown split {split!r}; use train or test")
 
 
 def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | None = None, download: bool = False,
                  limit: int | None = None, seed: int = 0, n: int | None = None, noise: float = 0.1) -> Data:
     """Load one split of a dataset by name (see the module docstring); `limit` keeps the first N examples.
     `seed`, `n` and `noise` apply to the generated datasets only."""
-    if split not in SPLITS:
-        raise RfprobeError(f"unknown split {split!r}; use train or test")
+    check_split(split)
+    check_dataset_name(name)
+    if limit is not None and limit < 1:
+        raise RfprobeError(f"--limit must be at least 1, got {limit}")
     if name in ("cifar10", "cifar100"):
         data = load_cifar(name, split, root, download)
     elif name == "synthetic":
         data = load_synthetic(split, seed, n if n else (None if limit is None else min(limit, SYNTHETIC_SIZES[split])))
-    elif name == "toy2d" or name.startswith("toy2d:"):
-        data = load_toy2d(name.partition(":")[2] or "moons", split, n or 1000, noise, seed)
     else:
-        raise RfprobeError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        data = load_toy2d(name.partition(":")[2] or "moons", split, n or 1000, noise, seed)
     return data.subset(limit)
 
 

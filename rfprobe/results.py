@@ -13,23 +13,29 @@ Stores are zarr format 2 with consolidated metadata: the one setting with which 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from rfprobe import __version__
+from rfprobe.atomic import atomic_directory
 from rfprobe.errors import ResultExistsError, RfprobeError
 
 ZARR_FORMAT = 2
 PER_CHECKPOINT = {"checkpoint": "checkpoint_path", "checkpoint_sha256": "checkpoint_sha256", "arch": "arch",
-                  "mode": "mode", "epoch": "epoch", "nonfinite_tensors": "nonfinite_tensors"}
+                  "mode": "mode", "epoch": "epoch", "nonfinite_tensors": "nonfinite_tensors",
+                  "normalization": "normalization", "normalization_mean": "normalization_mean",
+                  "normalization_std": "normalization_std", "normalization_source": "normalization_source"}
+JOINED_ATTRS = ("checkpoint", "checkpoint_sha256", "arch", "mode", "normalization", "normalization_mean",
+                "normalization_std", "normalization_source")
+"""Per-checkpoint attrs that a stacked result keeps in its attrs too, one value per checkpoint joined by "; "."""
 LAYER_COORDS = ("depth", "stage", "block", "n_channels", "role", "source")
 
 
@@ -50,7 +56,8 @@ def _attr_value(value: Any) -> str | int | float:
 def provenance(pass_name: str, checkpoint=None, *, dataset: str | None = None, split: str | None = None,
                n_examples: int | None = None, device: str | None = None, command: Sequence[str] | None = None,
                **definitions: Any) -> dict[str, str | int | float]:
-    """The attrs every result carries (DESIGN.md), plus the pass's own definitions (`*_definition`, thresholds)."""
+    """The attrs every result carries (docs/results.md), plus the pass's own definitions (`*_definition`,
+    thresholds; a pass that reads data adds `Data.normalization_attrs()`)."""
     attrs = {
         "rfprobe_pass": pass_name,
         "rfprobe_version": __version__,
@@ -72,7 +79,7 @@ def provenance(pass_name: str, checkpoint=None, *, dataset: str | None = None, s
 
 
 def layer_coords(sites, names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
-    """Coordinates on `layer` (DESIGN.md) for a list of sites (BNSite or ReluSite), optionally reordered."""
+    """Coordinates on `layer` (docs/results.md) for a list of sites (BNSite or ReluSite), optionally reordered."""
     by_name = {s.name: s for s in sites}
     chosen = [by_name[n] for n in names] if names is not None else list(sites)
     coords = {"layer": ("layer", np.array([s.name for s in chosen], dtype=object))}
@@ -149,8 +156,9 @@ def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
         out = xr.concat(aligned, dim=index, join="outer", coords="minimal", compat="equals",
                         combine_attrs="drop_conflicts")
     out.attrs.update(datasets[0].attrs)
-    for attr in ("checkpoint", "checkpoint_sha256", "arch", "mode"):
-        out.attrs[attr] = "; ".join(str(ds.attrs.get(attr, "")) for ds in datasets)
+    for attr in JOINED_ATTRS:
+        if any(attr in ds.attrs for ds in datasets):
+            out.attrs[attr] = "; ".join(str(ds.attrs.get(attr, "")) for ds in datasets)
     for attr in ("epoch", "nonfinite_tensors"):
         out.attrs.pop(attr, None)
     return _as_object_strings(out)
@@ -164,31 +172,54 @@ def default_output(pass_name: str, labels: Sequence[str], root: str | os.PathLik
     return Path(root) / name / f"{pass_name}.zarr"
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
+def is_result_store(path: str | os.PathLike) -> bool:
+    """True when `path` is a directory holding an rfprobe result (a zarr store whose root attrs have
+    `rfprobe_pass`), read from its metadata files without opening it as a store."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ResultExistsError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+    if not path.is_dir() or path.is_symlink():
+        return False
+    for name, pick in ((".zattrs", lambda m: m), (".zmetadata", lambda m: m.get("metadata", {}).get(".zattrs", {})),
+                       ("zarr.json", lambda m: m.get("attributes", {}))):
+        try:
+            attrs = pick(json.loads((path / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(attrs, dict) and "rfprobe_pass" in attrs:
+            return True
+    return False
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool, *, replaceable: Callable[[Path], bool] = is_result_store,
+                   what: str = "an rfprobe result store", option: str = "--out") -> Path:
+    """Refuse (one line) an output path that cannot be written: it exists and `overwrite` is off, or it exists
+    and is not `replaceable` (rfprobe replaces only its own kind of output, never a user's file or directory),
+    or its parent cannot be created (an ancestor is a file, or not writable)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise ResultExistsError(f"{path} exists; pass --overwrite to replace it, or choose another {option}")
+        if not replaceable(path):
+            raise ResultExistsError(f"{path} exists and is not {what}; rfprobe replaces only its own outputs, so it "
+                                    f"is left untouched: choose another {option} or remove it yourself")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RfprobeError(f"{option} {path}: cannot create its directory, {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RfprobeError(f"{option} {path}: cannot create it, {ancestor} is not writable")
     return path
 
 
 def save_result(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write `ds` as a zarr store at `path`: to `<path>.tmp-<pid>` first, then rename into place, so an
-    interrupted save never damages what was there; an existing `path` is refused unless `overwrite`."""
+    """Write `ds` as a zarr store at `path` through `rfprobe.atomic.atomic_directory`: written completely
+    beside `path` first, then renamed into place, so an interrupted or failed save never damages what was
+    there. An existing `path` is refused unless `overwrite`, and even then unless it is an rfprobe result."""
     path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f"{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     ds = _as_object_strings(ds.copy())
     ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
-    try:
+    with atomic_directory(path) as tmp:
         ds.to_zarr(tmp, mode="w-", zarr_format=ZARR_FORMAT, consolidated=True)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -12,6 +12,7 @@ from rfprobe.cli import app, main
 from rfprobe.data import Data, load_dataset
 from rfprobe.geometry import Tangent, walk
 from rfprobe.models import build_model
+from rfprobe.normalization import custom
 from rfprobe.passes import partition
 from rfprobe.results import open_result
 
@@ -124,7 +125,7 @@ def test_run_on_a_small_resnet_slices_the_plane_through_three_images():
     model.rfprobe_input_shape = (3, 8, 8)
     g = torch.Generator().manual_seed(0)
     data = Data("tiny", "test", torch.randint(0, 256, (12, 3, 8, 8), generator=g, dtype=torch.uint8),
-                torch.arange(12) % 10, tuple(map(str, range(10))), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test")
+                torch.arange(12) % 10, tuple(map(str, range(10))), custom((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), "test")
     ds = partition.run(model, data, segments_per_kind=2, radius=0.5, exact_points=1, probes=8, lc_points=2,
                        jitter_batches=2, jitter_batch_size=4, slice_max_regions=30, slice_resolution=8,
                        recalibrate=True)
@@ -161,11 +162,12 @@ def test_cli_writes_result_and_figure(mlp_checkpoint, tmp_path):
 
 def test_cli_refuses_bad_input_in_one_line(mlp_checkpoint, tmp_path, capsys):
     vgg = tmp_path / "vgg.pt"
-    save_checkpoint(vgg, build_model("cifar_vgg_11", seed=0))
-    cases = [([str(vgg), "--dataset", "synthetic", "--limit", "4"], "max pooling"),
+    save_checkpoint(vgg, build_model("cifar_vgg_11", seed=0), dataset="synthetic")
+    cases = [([str(vgg), "--dataset", "synthetic", "--limit", "4", "--jitter-batches", "0"], "max pooling"),
              ([str(mlp_checkpoint), "--radius", "0"], "--radius"),
              ([str(mlp_checkpoint), "--kinds", "radius,diagonal"], "diagonal"),
-             ([str(mlp_checkpoint), "--dataset", "synthetic", "--limit", "4"], "shape")]
+             ([str(mlp_checkpoint), "--dataset", "synthetic", "--limit", "4"], "--jitter-batch-size 16 is larger"),
+             ([str(mlp_checkpoint), "--dataset", "synthetic", "--limit", "4", "--jitter-batches", "0"], "shape")]
     for args, words in cases:
         with pytest.raises(SystemExit) as exit_info:
             main(["partition", *args, "--out", str(tmp_path / "x.zarr"), "--device", "cpu"])

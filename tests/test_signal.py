@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from rfprobe.checkpoint import save_checkpoint
 from rfprobe.cli import app, main
+from rfprobe.data import load_dataset
 from rfprobe.errors import RfprobeError
 from rfprobe.models import build_model
 from rfprobe.passes.signal import channel_statistics, data_input, gaussian_input, measure
@@ -137,8 +138,10 @@ def test_nf_variance_tracks_expected_and_resets_ws_mean_stays_zero_he_mean_grows
 def test_gaussian_and_data_inputs():
     x = gaussian_input((3, 8, 8), 4, seed=5)
     assert torch.equal(x, torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(5)))
-    d, name = data_input("synthetic", 7, seed=0)
-    assert d.shape == (7, 3, 32, 32) and name == "synthetic" and abs(float(d.mean())) < 1.0
+    d = data_input("synthetic", 7, seed=0)
+    full = load_dataset("synthetic", "test", seed=0)
+    index = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:7]
+    assert d.name == "synthetic" and torch.equal(d.x, full.x[index]) and torch.equal(d.y, full.y[index])
     with pytest.raises(RfprobeError, match="--batch"):
         gaussian_input((3, 8, 8), 1, seed=0)
 

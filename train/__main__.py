@@ -13,6 +13,7 @@ import typer
 
 from rfprobe.entrypoint import run_app
 from rfprobe.errors import RfprobeError
+from rfprobe.normalization import parse_values
 from train.config import RECIPE_EPOCHS, RECIPE_MILESTONES, Config
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -53,6 +54,11 @@ def command(
     also: Annotated[Optional[list[str]], typer.Option(help="also train: shortcut (the 1x1 shortcut convs), output")] = None,
     skip_init_gain: Annotated[Optional[float], typer.Option(help="nf_* nets: initial skip gain (default 0, SkipInit)")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="nf_* nets: dropout rate before the classifier (default none)")] = None,
+    normalization: Annotated[Optional[str], typer.Option(
+        help="input normalisation preset: cifar10, cifar100, imagenet (OpenLTH's for CIFAR), kuangliu, half, synthetic, "
+             "none (default: the dataset's own)")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="per-channel input mean, e.g. 0.485,0.456,0.406 (with --std; instead of --normalization)")] = None,
+    std: Annotated[Optional[str], typer.Option(help="per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)")] = None,
     eval_every: Annotated[int, typer.Option(help="evaluate every N epochs (and at the end); 0: never")] = 1,
     save_every: Annotated[int, typer.Option(help="write epoch_XXX.pt every N epochs; 0: never")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -73,7 +79,8 @@ def command(
                  test_limit=test_limit, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, lr=lr,
                  momentum=momentum, weight_decay=weight_decay, milestones=_milestones(milestones), lr_factor=lr_factor,
                  augment=augment, seed=seed, bn_init=bn_init, random_k=random_k, also=tuple(also or ()),
-                 skip_init_gain=skip_init_gain, dropout=dropout,
+                 skip_init_gain=skip_init_gain, dropout=dropout, normalization=normalization,
+                 mean=mean and parse_values(mean, "--mean"), std=std and parse_values(std, "--std"),
                  eval_every=eval_every, save_every=save_every, device=device, amp=amp, channels_last=channels_last,
                  compile=compile, sync_bn=sync_bn, deterministic=deterministic, threads=threads, resume=resume,
                  overwrite=overwrite, progress=progress))

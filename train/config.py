@@ -1,4 +1,4 @@
-"""All hyperparameters of a run in one dataclass; defaults are the paper's CIFAR-10 recipe (REFERENCE.md 1).
+"""All hyperparameters of a run in one dataclass; defaults are the BN-only paper's CIFAR-10 recipe (docs/science.md).
 
 SGD momentum 0.9, lr 0.1 multiplied by 0.1 at epochs 80 and 120, 160 epochs, batch 128, weight decay
 1e-4 on the trainable tensors only, random crop 32 with 4-pixel padding + horizontal flip.
@@ -13,6 +13,7 @@ from pathlib import Path
 from rfprobe.data import DATASETS
 from rfprobe.errors import RfprobeError
 from rfprobe.models import BN_INITS
+from rfprobe.normalization import Normalization, for_dataset, from_options
 from rfprobe.trainable import ALSO, MODES
 
 RECIPE_EPOCHS = 160
@@ -21,7 +22,7 @@ RECIPE_MILESTONES = (80, 120)
 # Fields that define what is trained; a resumed run must agree on every one of them.
 TRAINING_FIELDS = ("arch", "mode", "dataset", "limit", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                    "milestones", "lr_factor", "augment", "seed", "bn_init", "random_k", "also", "skip_init_gain",
-                   "dropout")
+                   "dropout", "normalization", "mean", "std")
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Config:
     """nf_* architectures: initial value of the learnable skip gain (None: the model's default, 0)"""
     dropout: float | None = None
     """nf_* architectures: dropout before `fc` (None: the model's default, none)"""
+    normalization: str | None = None
+    """input normalisation preset (rfprobe.normalization.PRESETS); None: the dataset's default"""
+    mean: tuple[float, ...] | None = None
+    """per-channel input mean (pixel / 255), with `std`, instead of a preset"""
+    std: tuple[float, ...] | None = None
     eval_every: int = 1
     save_every: int = 10
     device: str = "auto"
@@ -70,6 +76,9 @@ class Config:
         if self.milestones is None:
             self.milestones = tuple(round(m * self.epochs / RECIPE_EPOCHS) for m in RECIPE_MILESTONES)
         self.milestones = tuple(sorted(int(m) for m in self.milestones))
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
 
     def validate(self) -> None:
         """Raise RfprobeError (one line) for any value that cannot work, before anything heavy happens."""
@@ -101,6 +110,11 @@ class Config:
             raise RfprobeError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
             raise RfprobeError("--resume and --overwrite contradict each other; give one")
+        self.input_normalization()
+
+    def input_normalization(self) -> Normalization:
+        """`--normalization` or `--mean/--std`, else the dataset's default; recorded in every checkpoint."""
+        return from_options(self.normalization, self.mean, self.std) or for_dataset(self.dataset)
 
     def model_options(self) -> dict[str, float]:
         """Build options passed to `build_model` (only those given)."""

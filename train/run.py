@@ -89,7 +89,8 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
             _say(ctx, f"{out}: already complete ({ckpt.epoch} epochs); nothing to do")
             return out
 
-    train_data, test_data = _load_data(config, ctx)
+    normalization = config.input_normalization()
+    train_data, test_data = (d.with_normalization(normalization) for d in _load_data(config, ctx))
     num_classes = len(train_data.classes)
     model = build_model(config.arch, num_classes, bn_init=config.bn_init, seed=config.seed, **config.model_options())
     if tuple(model.rfprobe_input_shape) != tuple(train_data.x.shape[1:]):
@@ -132,7 +133,7 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
     def save(path: Path, epoch: int, resumable: bool) -> None:
         meta = {"dataset": config.dataset, "mode": config.mode, "bn_init": config.bn_init, "seed": config.seed,
                 "epoch": epoch, "metrics": {k: history[-1][k] for k in METRICS if history[-1].get(k) is not None},
-                "hparams": hparams, "history": history}
+                "normalization": normalization.to_meta(), "hparams": hparams, "history": history}
         if trainable.masks:
             meta["masks"] = {name: mask.cpu() for name, mask in trainable.masks.items()}
         if resumable:

@@ -165,11 +165,31 @@ def _init_gamma(init_model: nn.Module | None, channels: _Channels) -> torch.Tens
     return torch.cat(parts)
 
 
-def _parse_fractions(fractions) -> tuple[float, ...]:
+def parse_fractions(fractions) -> tuple[float, ...]:
+    """Sorted distinct fractions in [0, 1], from numbers or comma-separated text ('' for none)."""
+    if isinstance(fractions, str):
+        try:
+            fractions = [float(f) for f in fractions.split(",") if f.strip()]
+        except ValueError:
+            raise RfprobeError(f"--fractions must be comma-separated numbers, got {fractions!r}") from None
     fractions = tuple(sorted(set(float(f) for f in fractions)))
     if any(not 0 <= f <= 1 for f in fractions):
         raise RfprobeError(f"--fractions must lie in [0, 1], got {', '.join(f'{f:g}' for f in fractions)}")
     return fractions
+
+
+def check_options(prune_below: float = 0.01, seeds: int = 3, fractions=FRACTIONS, eligible: str = "all",
+                  reenable_value: str = "init") -> tuple[float, ...]:
+    """Refuse (one line) bad options before any work; returns the parsed curve fractions."""
+    if not (np.isfinite(prune_below) and prune_below > 0):
+        raise RfprobeError(f"--prune-below must be finite and > 0, got {prune_below:g}")
+    if seeds < 1:
+        raise RfprobeError(f"--seeds must be at least 1, got {seeds}")
+    if eligible not in ELIGIBLE:
+        raise RfprobeError(f"unknown --eligible {eligible!r}; choose one of {', '.join(ELIGIBLE)}")
+    if reenable_value not in REENABLE_VALUES:
+        raise RfprobeError(f"unknown --reenable-value {reenable_value!r}; choose one of {', '.join(REENABLE_VALUES)}")
+    return parse_fractions(fractions)
 
 
 def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: bool = False, seeds: int = 3,
@@ -177,11 +197,7 @@ def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: b
         eligible: str = "all", batch_size: int = 500, device: str | torch.device = "cpu", checkpoint=None,
         init_checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
     """Accuracy and loss of `model` on `data` under every variant of the module docstring."""
-    if not (np.isfinite(prune_below) and prune_below > 0):
-        raise RfprobeError(f"--prune-below must be finite and > 0, got {prune_below:g}")
-    if seeds < 1:
-        raise RfprobeError(f"--seeds must be at least 1, got {seeds}")
-    fractions = _parse_fractions(fractions)
+    fractions = check_options(prune_below, seeds, fractions, eligible, reenable_value)
     sites = find_sites(model)
     chosen = eligible_bns(sites.bn, eligible)
     if not chosen:
@@ -250,7 +266,7 @@ def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: b
     init_desc = "" if init_checkpoint is None else f"{init_checkpoint.path} (sha256 {init_checkpoint.sha256})"
     attrs = provenance(
         "ablate", checkpoint, dataset=data.name, split=data.split, n_examples=len(data), device=str(device),
-        command=command, prune_below=float(prune_below), prune_operation=operation, eligible_bns=eligible,
+        command=command, **data.normalization_attrs(), prune_below=float(prune_below), prune_operation=operation, eligible_bns=eligible,
         eligible_definition={"all": "every BN layer, shortcut BNs included",
                              "no-shortcut": "every BN layer except projection-shortcut BNs",
                              "relu": "only BN layers that feed a ReLU directly"}[eligible],

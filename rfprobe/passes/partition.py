@@ -338,6 +338,33 @@ def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int
 # ---------------------------------------------------------------- the pass
 
 
+def check_options(segments_per_kind: int = 32, segment_kinds: Sequence[str] | str = SEGMENT_KINDS, radius: float = 1.0,
+                  max_breakpoints: int = 100_000, exact_points: int = 4, probes: int = 64, lc_points: int = 64,
+                  jitter_batches: int = 32, jitter_batch_size: int = 64, slice_resolution: int = 128,
+                  slice_max_regions: int = 2000, n_points: int | None = None) -> list[str]:
+    """Refuse (one line) bad options before any work, also against the number of data points when known;
+    returns the segment kinds (a list, or comma-separated text) in their canonical order."""
+    if isinstance(segment_kinds, str):
+        segment_kinds = [k.strip() for k in segment_kinds.split(",") if k.strip()]
+    for name, value in (("--segments", segments_per_kind), ("--exact-points", exact_points), ("--probes", probes),
+                        ("--lc-points", lc_points), ("--jitter-batches", jitter_batches)):
+        if value < 0:
+            raise RfprobeError(f"{name} must be >= 0, got {value}")
+    if jitter_batches == 1:
+        raise RfprobeError("--jitter-batches must be 0 (skip) or at least 2 (a spread over batches)")
+    if not (radius > 0 and math.isfinite(radius)) or max_breakpoints < 1 or jitter_batch_size < 2 \
+            or slice_resolution < 2 or slice_max_regions < 1:
+        raise RfprobeError("partition: --radius must be finite and > 0, --max-breakpoints >= 1, --jitter-batch-size >= 2, "
+                           "--slice-resolution >= 2, --slice-max-regions >= 1")
+    unknown = [k for k in segment_kinds if k not in SEGMENT_KINDS]
+    if unknown or not segment_kinds:
+        raise RfprobeError(f"--kinds: unknown segment kind(s) {', '.join(unknown) or '(none given)'}; choose from "
+                           f"{', '.join(SEGMENT_KINDS)}")
+    if n_points is not None and jitter_batches and n_points < jitter_batch_size:
+        raise RfprobeError(f"partition: --jitter-batch-size {jitter_batch_size} is larger than the data ({n_points} points)")
+    return [k for k in SEGMENT_KINDS if k in segment_kinds]
+
+
 def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = 32,
         segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = 1.0, max_breakpoints: int = 100_000,
         exact_points: int = 4, probes: int = 64, lc_points: int = 64, jitter_batches: int = 32,
@@ -345,18 +372,8 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
         slice_resolution: int = 128, recalibrate: bool = False, batch_size: int = 64, device="cpu", seed: int = 0,
         command: Sequence[str] | None = None) -> xr.Dataset:
     """All partition statistics of one model on `data` (module docstring); a count of 0 skips a statistic."""
-    for name, value in (("--segments", segments_per_kind), ("--exact-points", exact_points), ("--probes", probes),
-                        ("--lc-points", lc_points), ("--jitter-batches", jitter_batches)):
-        if value < 0:
-            raise RfprobeError(f"{name} must be >= 0, got {value}")
-    if radius <= 0 or max_breakpoints < 1 or jitter_batch_size < 2 or slice_resolution < 2 or slice_max_regions < 1:
-        raise RfprobeError("partition: --radius must be > 0, --max-breakpoints >= 1, --jitter-batch-size >= 2, --slice-resolution >= 2, "
-                           "--slice-max-regions >= 1")
-    unknown = [k for k in segment_kinds if k not in SEGMENT_KINDS]
-    if unknown or not segment_kinds:
-        raise RfprobeError(f"unknown segment kind(s) {', '.join(unknown) or '(none given)'}; choose from "
-                           f"{', '.join(SEGMENT_KINDS)}")
-    segment_kinds = [k for k in SEGMENT_KINDS if k in segment_kinds]
+    segment_kinds = check_options(segments_per_kind, segment_kinds, radius, max_breakpoints, exact_points, probes,
+                                  lc_points, jitter_batches, jitter_batch_size, slice_resolution, slice_max_regions)
     device = torch.device(device)
     if recalibrate:
         model = recalibrate_bn(model, data, batch_size, device)
@@ -391,7 +408,7 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
     ds = ds.set_coords("bin_edges")
     ds.attrs = provenance(
         "partition", checkpoint, dataset=data.name, split=data.split, n_examples=len(data), device=str(device),
-        command=command, **DEFINITIONS, recalibrate_bn=int(recalibrate), segments=segments_per_kind,
+        command=command, **data.normalization_attrs(), **DEFINITIONS, recalibrate_bn=int(recalibrate), segments=segments_per_kind,
         segment_kinds=", ".join(segment_kinds), radius=radius, max_breakpoints=max_breakpoints,
         exact_points=exact_points, probes=probes, lc_points=lc_points, lc_radius=LC_RADIUS,
         lc_vertices=2 * min(LC_VERTICES // 2, int(np.prod(tf.input_shape))), jitter_batches=jitter_batches,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch.fx as fx
 import torch.nn as nn
 import xarray as xr
 
-from rfprobe.data import batches, load_dataset
+from rfprobe.data import Data, load_dataset, normalize
 from rfprobe.errors import RfprobeError
 from rfprobe.results import provenance, stack
 from rfprobe.sites import BN_TYPES, AddSite, Sites, _enclosing_module, find_sites
@@ -196,32 +197,44 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, BN_TYPES) for m in model.modules())
 
 
-def gaussian_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:
-    """`batch` examples of unit Gaussian noise of one example's `shape`, drawn on the CPU from `seed`."""
+def check_options(input_kind: str = "gaussian", batch: int = 256) -> None:
+    """Refuse (one line) bad options before any work."""
+    if input_kind not in INPUTS:
+        raise RfprobeError(f"unknown --input {input_kind!r}; choose gaussian or data")
     if batch < 2:
         raise RfprobeError(f"--batch must be at least 2 (statistics over a batch), got {batch}")
+
+
+def gaussian_input(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:
+    """`batch` examples of unit Gaussian noise of one example's `shape`, drawn on the CPU from `seed`."""
+    check_options("gaussian", batch)
     return torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def data_input(dataset: str, batch: int, seed: int, *, split: str = "test", root: str | Path | None = None,
-               download: bool = False) -> tuple[torch.Tensor, str]:
-    """A batch of `batch` normalised examples drawn at random (from `seed`) from one split of `dataset`,
-    and the dataset's name."""
-    if batch < 2:
-        raise RfprobeError(f"--batch must be at least 2 (statistics over a batch), got {batch}")
+               download: bool = False) -> Data:
+    """`batch` examples drawn at random (the first `batch` of a `seed`-seeded permutation) from one split of
+    `dataset`, as a Data: `run` normalises it with its `normalization` (set a checkpoint's own with
+    `Data.with_normalization`)."""
+    check_options("data", batch)
     data = load_dataset(dataset, split, root=root, download=download, seed=seed)
-    x, _ = next(batches(data, batch, shuffle=True, generator=torch.Generator().manual_seed(seed)))
-    return x, data.name
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:batch]
+    return replace(data, x=data.x[index], y=data.y[index])
 
 
-def run(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, checkpoint=None, input_kind: str = "gaussian",
+def run(model: nn.Module, x: torch.Tensor | Data, *, batch_stats: bool, checkpoint=None, input_kind: str = "gaussian",
         dataset: str | None = None, split: str | None = None, seed: int | None = None, command=None,
         **definitions) -> xr.Dataset:
     """`measure` with provenance attrs: the SPP of one model (a checkpoint, or a fresh init when `checkpoint`
-    is None) on the batch `x`, which must be on the model's device. `bn_statistics` records batch/running/
+    is None) on the batch `x`: a tensor on the model's device, or a Data (`data_input`), which is normalised
+    with its `normalization` (recorded) and moved to the model's device. `bn_statistics` records batch/running/
     none (no BN layers)."""
-    if input_kind not in INPUTS:
-        raise RfprobeError(f"unknown --input {input_kind!r}; choose gaussian or data")
+    check_options(input_kind, 2)
+    extra = {}
+    if isinstance(x, Data):
+        input_kind, dataset, split, extra = "data", x.name, x.split, x.normalization_attrs()
+        device = next(model.parameters(), torch.empty(0)).device
+        x = normalize(x.x.to(device), x.mean, x.std)
     shape = getattr(model, "rfprobe_input_shape", None)
     if shape is not None and tuple(x.shape[1:2]) != tuple(shape[:1]):
         raise RfprobeError(f"the input has {x.shape[1]} channels but {getattr(model, 'rfprobe_arch', 'the model')} "
@@ -232,7 +245,7 @@ def run(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, checkpoint=None
     attrs = provenance("signal", checkpoint, dataset=dataset if input_kind == "data" else "gaussian",
                        split=split if input_kind == "data" else None, n_examples=int(x.shape[0]),
                        device=str(x.device), command=command, input=input_kind,
-                       input_seed=-1 if seed is None else int(seed), **DEFINITIONS, **definitions)
+                       input_seed=-1 if seed is None else int(seed), **extra, **DEFINITIONS, **definitions)
     if checkpoint is None:
         attrs.update(arch=getattr(model, "rfprobe_arch", type(model).__name__), mode="init", epoch=0)
     ds.attrs = attrs

@@ -155,16 +155,23 @@ def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndar
     return gamma, beta
 
 
+def check_options(thresholds=THRESHOLDS, bins: int = 20) -> tuple[float, ...]:
+    """Refuse (one line) bad options before any work; returns the thresholds sorted and deduplicated."""
+    if not 1 <= bins <= 10_000:
+        raise RfprobeError(f"--bins must be between 1 and 10000, got {bins}")
+    thresholds = tuple(sorted({float(t) for t in (thresholds or THRESHOLDS)}))
+    if not all(np.isfinite(t) and t > 0 for t in thresholds):
+        raise RfprobeError(f"--threshold values must be finite and > 0, got {', '.join(map(str, thresholds))}")
+    return thresholds
+
+
 def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | torch.device = "cpu",
         thresholds=THRESHOLDS, bins: int = 20, checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
     """Activation sparsity of `model` over `data` (module docstring), joined with small-|gamma| counts.
 
-    `model` must be on `device`; it is put in eval mode for the pass and restored afterwards."""
-    if not 1 <= bins <= 10_000:
-        raise RfprobeError(f"--bins must be between 1 and 10000, got {bins}")
-    thresholds = tuple(sorted({float(t) for t in thresholds}))
-    if not thresholds or not all(np.isfinite(t) and t > 0 for t in thresholds):
-        raise RfprobeError(f"--threshold values must be finite and > 0, got {', '.join(map(str, thresholds))}")
+    `model` must be on `device`; it is put in eval mode for the pass and restored afterwards; `data` is fed
+    normalised with its `normalization` (recorded in the attrs)."""
+    thresholds = check_options(thresholds, bins)
     was_training = model.training
     model.eval()
     try:
@@ -248,6 +255,7 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
                 "bin_edges": ("bin_edge", edges)},
         attrs=provenance("sparsity", checkpoint, dataset=data.name, split=data.split, n_examples=n,
                          device=str(device), command=command, bins=bins,
+                         **data.normalization_attrs(),
                          thresholds=", ".join(f"{t:g}" for t in thresholds), **DEFINITIONS),
     )
     return ds

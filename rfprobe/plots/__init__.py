@@ -10,21 +10,38 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import matplotlib.figure  # noqa: E402
+
+from rfprobe.atomic import atomic_file  # noqa: E402
+from rfprobe.errors import RfprobeError  # noqa: E402
 from rfprobe.results import check_writable  # noqa: E402
 
 
+FIGURE_FORMATS = matplotlib.figure.Figure().canvas.get_supported_filetypes()
+"""suffix (no dot) -> description, for every format matplotlib's Agg canvas writes"""
+
+
+def check_plot_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse (one line) a `--plot` whose suffix matplotlib cannot write, and an existing path unless
+    `overwrite` and it is a plain file with that suffix (so a directory of the user's is never replaced)."""
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise RfprobeError(f"--plot {path}: cannot write a figure with suffix {path.suffix or '(none)'!r}; "
+                           f"use one of {', '.join('.' + s for s in sorted(FIGURE_FORMATS))}")
+    check_writable(path, overwrite, replaceable=lambda p: p.is_file() and not p.is_symlink(),
+                   what="a figure file")
+    return path
+
+
 def save_figure(fig, path: str | os.PathLike, *, overwrite: bool = False, dpi: int = 130) -> Path:
-    """Save `fig` to `path` atomically (temp file + rename; the format follows the suffix) and close it."""
-    path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    """Save `fig` to `path` atomically (rfprobe.atomic; the format follows the suffix) and close it."""
+    path = check_plot_path(path, overwrite)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
