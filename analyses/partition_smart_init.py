@@ -1,4 +1,4 @@
-"""BN as "smart initialisation" (Balestriero & Baraniuk 2022; REFERENCE.md section 2), on random weights.
+"""BN as "smart initialisation" (Balestriero & Baraniuk 2022; docs/science.md section 2), on random weights.
 
 The experiment (defined here; the paper's own figures could not be read):
 

@@ -8,7 +8,7 @@ Four deep CIFAR ResNets of the same layout, each at init, on one batch of unit G
 - `nf_resnet_N`: NF-ResNet with Scaled WS, skip gain 1 (the paper's init-time SPP; SkipInit's 0 would be flat)
 
 Writes the stacked `signal` result (zarr) and the three-panel figure, then prints the numbers that decide
-whether the paper's three qualitative shapes are reproduced (REFERENCE.md section 3):
+whether the paper's three qualitative shapes are reproduced (docs/science.md section 3):
 BN-ReLU: variance grows linearly within a stage and resets at each transition (sawtooth);
 NF He-init: the squared mean grows with depth (mean shift);
 NF Scaled WS: squared mean ~0, residual variance ~1, variance + alpha^2 per block, reset to 1 + alpha^2.

@@ -1,4 +1,4 @@
-"""Running a typer app as a console command with the project's error contract (DESIGN.md "CLI conventions"):
+"""Running a typer app as a console command with the project's error contract (README, docs/cli.md):
 bad input (RfprobeError) -> one line on stderr, exit 2; anything else -> one line, exit 1; `--debug`
 anywhere on the command line -> the traceback instead. Shared by `rfprobe` and `python -m train`."""
 

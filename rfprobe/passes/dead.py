@@ -3,7 +3,7 @@
 Per BN layer and threshold t (`threshold` dim):
 
 - `n_dead` = #{channels c : |gamma_c| < t}, `frac_dead` = n_dead / n_channels (the paper's "disabled
-  features": ~27% of channels at t = 0.01 for BN-only training vs ~9% for full training, REFERENCE.md 1);
+  features": ~27% of channels at t = 0.01 for BN-only training vs ~9% for full training, docs/science.md section 1);
 - `n_off` = #{c : |gamma_c| < t and beta_c <= 0} on BNs whose output goes straight into a ReLU (role
   `relu`): ReLU(gamma_c * xhat + beta_c) is then ~0 for every input, so the feature is gone. On other
   roles `n_off` is 0 by definition: a `residual` BN's channel feeds an addition, where the skip path still

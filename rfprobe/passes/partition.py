@@ -1,7 +1,7 @@
 """`rfprobe partition`: exact linear-region (spline partition) statistics of a ReLU network.
 
 A ReLU network with BN in eval mode is continuous piecewise affine: its input space is split into convex
-regions, one per sign pattern of the ReLU inputs (REFERENCE.md section 2). Built on `rfprobe.geometry`
+regions, one per sign pattern of the ReLU inputs (docs/science.md section 2). Built on `rfprobe.geometry`
 (float64, BN as a fixed affine map), `run` measures, each as variables of one Dataset:
 
 - `breakpoints` `(segment_kind, segment)`: the exact number of region boundaries crossed along segments

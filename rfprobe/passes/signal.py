@@ -1,4 +1,4 @@
-"""Signal propagation plots (SPPs; Brock, De, Smith 2021; REFERENCE.md section 3).
+"""Signal propagation plots (SPPs; Brock, De, Smith 2021; docs/science.md section 3).
 
 One batch `x` goes through the model once. At the stem output (block 0: the input of the first residual
 block) and at the output of every residual addition (block b = 1, 2, ...), with per-channel statistics

@@ -1,4 +1,4 @@
-"""Activation sparsity at every ReLU site over a dataset, in one streaming forward pass (REFERENCE.md 1).
+"""Activation sparsity at every ReLU site over a dataset, in one streaming forward pass (docs/science.md section 1).
 
 Probes are inserted into a `torch.fx` trace of the model right after each ReLU node, so every site is
 seen exactly (CIFAR ResNets call `F.relu`, torchvision reuses one ReLU module: module hooks would miss or
