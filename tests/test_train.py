@@ -14,6 +14,7 @@ from rfprobe.trainable import apply, select
 from train import Config, train
 from train.__main__ import main
 from train.augment import crop_flip, draw
+from train.config import read_toml
 from train.optim import MaskedSGD
 
 TINY = dict(arch="cifar_resnet_8_4", dataset="synthetic", limit=256, test_limit=128, epochs=1, batch_size=64,
@@ -131,7 +132,9 @@ def test_none_mode_writes_untrained_init_and_final(tmp_path):
 
 def test_run_directory_files_and_metrics(tmp_path):
     out = train(Config(mode="bn", out=str(tmp_path / "r"), **{**TINY, "epochs": 3, "save_every": 2, "eval_every": 2}))
-    assert sorted(p.name for p in out.iterdir()) == ["epoch_002.pt", "final.pt", "init.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "epoch_002.pt", "final.pt", "init.pt", "metrics.jsonl"]
+    assert Config(**read_toml(out / "config.toml")) == Config(mode="bn", out=str(tmp_path / "r"),
+                                                             **{**TINY, "epochs": 3, "save_every": 2, "eval_every": 2})
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert [r["test_acc"] is None for r in rows] == [False, True, False, False]  # init, every 2nd, and the last

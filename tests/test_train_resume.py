@@ -44,4 +44,4 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), f"{name} differs after resume"  # bitwise: the CPU kernels are deterministic here
     assert _rows(reference) == _rows(resumed)
-    assert sorted(p.name for p in resumed.iterdir()) == ["final.pt", "init.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in resumed.iterdir()) == ["config.toml", "final.pt", "init.pt", "metrics.jsonl"]

@@ -7,7 +7,12 @@ SGD momentum 0.9, lr 0.1 multiplied by 0.1 at epochs 80 and 120, 160 epochs, bat
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from rfprobe.data import DATASETS
@@ -19,57 +24,67 @@ from rfprobe.trainable import ALSO, MODES
 RECIPE_EPOCHS = 160
 RECIPE_MILESTONES = (80, 120)
 
-# Fields that define what is trained; a resumed run must agree on every one of them.
-TRAINING_FIELDS = ("arch", "mode", "dataset", "limit", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                   "milestones", "lr_factor", "augment", "seed", "bn_init", "random_k", "also", "skip_init_gain",
-                   "dropout", "normalization", "mean", "std")
+
+
+def option(default, help: str, *, training: bool = False, cli: str | None = None, **extra):
+    """A Config field: its default, the `--help` text, whether it defines what is trained (a resumed run
+    must agree on it), and how the command line spells it (`cli`: `comma` for comma-separated numbers,
+    `repeat` for a repeatable option, `flag` for a --x/--no-x switch; default from the type)."""
+    return field(default=default, metadata={"help": help, "training": training, "cli": cli, **extra})
 
 
 @dataclass
 class Config:
-    arch: str
-    mode: str = "all"
-    dataset: str = "cifar10"
-    data_root: str | None = None
-    download: bool = False
-    out: str | None = None
-    limit: int | None = None
-    test_limit: int | None = None
-    epochs: int = RECIPE_EPOCHS
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    milestones: tuple[int, ...] | None = None
-    """epochs at which the lr is multiplied by `lr_factor`; None: (80, 120) scaled by epochs / 160"""
-    lr_factor: float = 0.1
-    augment: bool = True
-    seed: int = 0
-    bn_init: str = "uniform"
-    random_k: int = 2
-    also: tuple[str, ...] = ()
-    skip_init_gain: float | None = None
-    """nf_* architectures: initial value of the learnable skip gain (None: the model's default, 0)"""
-    dropout: float | None = None
-    """nf_* architectures: dropout before `fc` (None: the model's default, none)"""
-    normalization: str | None = None
-    """input normalisation preset (rfprobe.normalization.PRESETS); None: the dataset's default"""
-    mean: tuple[float, ...] | None = None
-    """per-channel input mean (pixel / 255), with `std`, instead of a preset"""
-    std: tuple[float, ...] | None = None
-    eval_every: int = 1
-    save_every: int = 10
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False
-    deterministic: bool = False
-    threads: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    """Every setting of a training run. `train.__main__` derives the command line from these fields (name,
+    type, default, help), `--config FILE.toml` reads the same names, and the run directory keeps the resolved
+    values as config.toml."""
+
+    arch: str = option(None, "architecture, e.g. cifar_resnet_20, cifar_resnet_14_64, cifar_vgg_16, mlp_3x64",
+                       training=True)
+    mode: str = option("all", "all, bn, bn+output, output, none, gamma, beta, random", training=True)
+    dataset: str = option("cifar10", "cifar10, cifar100, synthetic, toy2d[:kind]", training=True)
+    data_root: str | None = option(None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)")
+    download: bool = option(False, "download CIFAR through torchvision if missing", cli="flag")
+    out: str | None = option(None, "run directory (default runs/<arch>_<mode>_<dataset>_s<seed>)")
+    limit: int | None = option(None, "train on the first N training examples", training=True)
+    test_limit: int | None = option(None, "evaluate on the first N test examples")
+    epochs: int = option(RECIPE_EPOCHS, "epochs", training=True)
+    batch_size: int = option(128, "global batch size (split over processes)", training=True)
+    eval_batch_size: int = option(500, "batch size of evaluation")
+    lr: float = option(0.1, "initial learning rate", training=True)
+    momentum: float = option(0.9, "SGD momentum", training=True)
+    weight_decay: float = option(1e-4, "weight decay on the trainable elements only", training=True)
+    milestones: tuple[int, ...] | None = option(
+        None, f"epochs at which lr *= lr-factor (default {','.join(map(str, RECIPE_MILESTONES))} scaled by "
+              f"epochs/{RECIPE_EPOCHS})", training=True, cli="comma", parse=int)
+    lr_factor: float = option(0.1, "lr multiplier at each milestone", training=True)
+    augment: bool = option(True, "random crop (4-pixel padding) + horizontal flip", training=True, cli="flag")
+    seed: int = option(0, "seed of the initialisation, masks, shuffling and augmentation", training=True)
+    bn_init: str = option("uniform", "uniform, fixed, oneone, positivenegative", training=True)
+    random_k: int = option(2, "random mode: trainable weights per output channel", training=True)
+    also: tuple[str, ...] = option((), "also train: shortcut (the 1x1 shortcut convs), output", training=True,
+                                   cli="repeat")
+    skip_init_gain: float | None = option(None, "nf_* nets: initial skip gain (default 0, SkipInit)", training=True)
+    dropout: float | None = option(None, "nf_* nets: dropout rate before the classifier (default none)", training=True)
+    normalization: str | None = option(
+        None, "input normalisation preset: cifar10, cifar100, imagenet (OpenLTH's for CIFAR), kuangliu, half, "
+              "synthetic, none (default: the dataset's own)", training=True)
+    mean: tuple[float, ...] | None = option(None, "per-channel input mean, e.g. 0.485,0.456,0.406 (with --std; "
+                                                  "instead of --normalization)", training=True, cli="comma", parse=float)
+    std: tuple[float, ...] | None = option(None, "per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)",
+                                           training=True, cli="comma", parse=float)
+    eval_every: int = option(1, "evaluate every N epochs (and at the end); 0: never")
+    save_every: int = option(10, "write epoch_XXX.pt every N epochs; 0: never")
+    device: str = option("auto", "auto, cpu or cuda")
+    amp: bool = option(True, "bf16 autocast on CUDA", cli="flag")
+    channels_last: bool = option(True, "channels_last memory format (faster on CUDA and on CPU)", cli="flag")
+    compile: bool = option(False, "torch.compile the model", cli="flag")
+    sync_bn: bool = option(False, "with several processes: BN statistics over the global batch", cli="flag")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms (slower on CUDA)", cli="flag")
+    threads: int | None = option(None, "torch CPU threads per process")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint", cli="flag", stored=False)
+    overwrite: bool = option(False, "delete the run in --out and start again", cli="flag", stored=False)
+    progress: bool = option(True, "progress bar per epoch (on a terminal)", cli="flag")
 
     def __post_init__(self) -> None:
         self.also = tuple(self.also)
@@ -79,6 +94,8 @@ class Config:
         for name in ("mean", "std"):
             if isinstance(getattr(self, name), list):
                 setattr(self, name, tuple(getattr(self, name)))
+        if self.arch is None:
+            raise RfprobeError("no architecture given: pass ARCH (e.g. cifar_resnet_20) or set arch in --config")
 
     def validate(self) -> None:
         """Raise RfprobeError (one line) for any value that cannot work, before anything heavy happens."""
@@ -144,3 +161,73 @@ class Config:
             if name in recorded and recorded[name] != mine[name]:
                 out.append(f"--{name.replace('_', '-')} {recorded[name]} (recorded) vs {mine[name]} (now)")
         return out
+
+
+TRAINING_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["training"])
+"""Fields that define what is trained; a resumed run must agree on every one of them."""
+
+
+def field_types() -> dict[str, type]:
+    """Each Config field's type, with `X | None` reduced to X (tuples stay `tuple[X, ...]`)."""
+    hints = typing.get_type_hints(Config)
+    out = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    return out
+
+
+def _coerce(name: str, value, kind, where: str):
+    """A TOML value as the field's type (lists become tuples), or a one-line error."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        element = typing.get_args(kind)[0]
+        if not isinstance(value, list):
+            raise RfprobeError(f"{where}: {name} must be a list, got {value!r}")
+        return tuple(_coerce(name, v, element, where) for v in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RfprobeError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def read_toml(path: str | Path) -> dict:
+    """The Config fields set in a TOML file (top-level keys, the Config field names), type-checked."""
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RfprobeError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise RfprobeError(f"--config {path}: not valid TOML ({e})") from None
+    types = field_types()
+    unknown = sorted(set(table) - set(types))
+    if unknown:
+        raise RfprobeError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; the settings are the trainer's "
+                           "options with _ for - (e.g. batch_size)")
+    return {name: _coerce(name, value, types[name], f"--config {path}") for name, value in table.items()}
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML (what `read_toml` reads back): every stored field that is not None.
+    Written by hand: the standard library reads TOML but does not write it, and flat scalars and lists
+    need no more than this."""
+    lines = ["# python -m train --config this-file reproduces the run (rfprobe trainer settings)"]
+    for f in fields(Config):
+        value = getattr(config, f.name)
+        if value is not None and f.metadata.get("stored", True):
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

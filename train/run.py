@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from rfprobe.checkpoint import load_checkpoint, save_checkpoint
-from rfprobe.data import load_dataset
+from rfprobe.data import Data, load_dataset
 from rfprobe.errors import RfprobeError
 from rfprobe.models import build_model
-from rfprobe.trainable import apply, select
+from rfprobe.normalization import Normalization
+from rfprobe.trainable import Trainable, apply, select
 from train import distributed, rundir
-from train.config import Config
+from train.config import Config, to_toml
 from train.loop import evaluate, train_epoch
 from train.optim import MaskedSGD
 
@@ -63,7 +65,60 @@ def _load_data(config: Config, ctx: distributed.Context):
     return load()
 
 
+@dataclass
+class Run:
+    """Everything a run needs once built: data, model (and what runs it), trainable plan, optimiser, the data
+    generator, the metrics history so far and the epoch to start from."""
+
+    out: Path
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    normalization: Normalization
+    train_data: Data
+    test_data: Data
+    num_classes: int
+    model: torch.nn.Module
+    runner: torch.nn.Module
+    trainable: Trainable
+    optimizer: MaskedSGD
+    generator: torch.Generator
+    history: list[dict]
+    start: int
+    resumed: bool
+
+
 def _train(config: Config, ctx: distributed.Context) -> Path:
+    out = config.output_dir()
+    source, ckpt = _resume_point(config, ctx, out)
+    if source is not None and source.name == "final.pt":
+        _say(ctx, f"{out}: already complete ({ckpt.epoch} epochs); nothing to do")
+        return out
+    run = _build(config, ctx, out, source, ckpt)
+    _loop(config, ctx, run)
+    return out
+
+
+def _resume_point(config: Config, ctx: distributed.Context, out: Path):
+    """(file, checkpoint) to continue from with --resume (None, None for a new run); refuses a run directory
+    that cannot be used and a recorded run whose training settings differ from `config`."""
+    rundir.check(out, resume=config.resume, overwrite=config.overwrite)
+    source = rundir.resume_point(out) if config.resume and out.exists() else None
+    if source is None:
+        return None, None
+    ckpt = load_checkpoint(source)
+    diffs = config.differences(ckpt.hparams)
+    if diffs:
+        raise RfprobeError(f"--resume {out}: settings differ from the recorded run: {'; '.join(diffs)}")
+    recorded = ckpt.hparams.get("device_type")
+    if source.name == "last.pt" and recorded and recorded != ctx.device.type:
+        raise RfprobeError(f"--resume {out}: the run was trained on {recorded}; resume it on {recorded} "
+                           f"(the data generator's state is device-specific)")
+    return source, ckpt
+
+
+def _build(config: Config, ctx: distributed.Context, out: Path, source: Path | None, ckpt) -> Run:
+    """Data, model, trainable plan and optimiser, restored from `ckpt` when resuming."""
     device = ctx.device
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -72,23 +127,6 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
         torch.backends.cudnn.benchmark = True
     cuda = device.type == "cuda"
     channels_last, amp = config.channels_last, config.amp and cuda
-
-    out = config.output_dir()
-    rundir.check(out, resume=config.resume, overwrite=config.overwrite)
-    source = rundir.resume_point(out) if config.resume and out.exists() else None
-    ckpt = load_checkpoint(source) if source else None
-    if ckpt is not None:
-        diffs = config.differences(ckpt.hparams)
-        if diffs:
-            raise RfprobeError(f"--resume {out}: settings differ from the recorded run: {'; '.join(diffs)}")
-        recorded = ckpt.hparams.get("device_type")
-        if source.name == "last.pt" and recorded and recorded != device.type:
-            raise RfprobeError(f"--resume {out}: the run was trained on {recorded}; resume it on {recorded} "
-                               f"(the data generator's state is device-specific)")
-        if source.name == "final.pt":
-            _say(ctx, f"{out}: already complete ({ckpt.epoch} epochs); nothing to do")
-            return out
-
     normalization = config.input_normalization()
     train_data, test_data = (d.with_normalization(normalization) for d in _load_data(config, ctx))
     num_classes = len(train_data.classes)
@@ -99,8 +137,7 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
     trainable = select(model, config.mode, also=config.also, k=config.random_k,
                        generator=torch.Generator().manual_seed(mask_seed(config.seed)),
                        masks=(ckpt.masks or None) if ckpt else None)
-    training = config.mode != "none"
-    if training and len(train_data) < config.batch_size:
+    if config.mode != "none" and len(train_data) < config.batch_size:
         raise RfprobeError(f"{len(train_data)} training examples is fewer than one batch (--batch-size {config.batch_size})")
     distributed.check_batch(ctx, config.batch_size)
     if ckpt is not None:
@@ -120,53 +157,62 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
         generator.set_state(ckpt.meta["rng"]["data"])
         torch.set_rng_state(ckpt.meta["rng"]["torch"])
         start = int(ckpt.epoch)
-    train_data, test_data = train_data.to(device), test_data.to(device)
-
     runner = model
     if ctx.world > 1 and trainable.tensors:
         runner = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if config.compile:
         runner = torch.compile(runner)
+    return Run(out=out, device=device, amp=amp, channels_last=channels_last, normalization=normalization,
+               train_data=train_data.to(device), test_data=test_data.to(device), num_classes=num_classes, model=model,
+               runner=runner, trainable=trainable, optimizer=optimizer, generator=generator, history=history,
+               start=start, resumed=ckpt is not None)
 
-    hparams = {**config.hparams(), "world_size": ctx.world, "device_type": device.type, "command": " ".join(sys.argv)}
+
+def _loop(config: Config, ctx: distributed.Context, run: Run) -> None:
+    """Epoch 0 (init.pt, unless resuming), then train, evaluate and checkpoint epoch by epoch."""
+    out, model, history = run.out, run.model, run.history
+    hparams = {**config.hparams(), "world_size": ctx.world, "device_type": run.device.type, "command": " ".join(sys.argv)}
 
     def save(path: Path, epoch: int, resumable: bool) -> None:
         meta = {"dataset": config.dataset, "mode": config.mode, "bn_init": config.bn_init, "seed": config.seed,
                 "epoch": epoch, "metrics": {k: history[-1][k] for k in METRICS if history[-1].get(k) is not None},
-                "normalization": normalization.to_meta(), "hparams": hparams, "history": history}
-        if trainable.masks:
-            meta["masks"] = {name: mask.cpu() for name, mask in trainable.masks.items()}
+                "normalization": run.normalization.to_meta(), "hparams": hparams, "history": history}
+        if run.trainable.masks:
+            meta["masks"] = {name: mask.cpu() for name, mask in run.trainable.masks.items()}
         if resumable:
-            meta["optimizer"] = optimizer.state_dict()
-            meta["rng"] = {"data": generator.get_state(), "torch": torch.get_rng_state()}
-        save_checkpoint(path, model, arch=config.arch, num_classes=num_classes, **meta)
+            meta["optimizer"] = run.optimizer.state_dict()
+            meta["rng"] = {"data": run.generator.get_state(), "torch": torch.get_rng_state()}
+        save_checkpoint(path, model, arch=config.arch, num_classes=run.num_classes, **meta)
 
     def test_metrics() -> dict:
         distributed.broadcast_buffers(ctx, model)
-        return evaluate(model, test_data, ctx, batch_size=config.eval_batch_size, amp=amp, channels_last=channels_last)
+        return evaluate(model, run.test_data, ctx, batch_size=config.eval_batch_size, amp=run.amp,
+                        channels_last=run.channels_last)
 
     if ctx.main:
-        rundir.reset(out, config.overwrite and ckpt is None)
+        rundir.reset(out, config.overwrite and not run.resumed)
+        rundir.write_config(out, to_toml(config))
     distributed.barrier(ctx)
     total = sum(p.numel() for p in model.parameters())
-    _say(ctx, f"{config.arch} mode {config.mode}: {trainable.count(model):,} of {total:,} parameters train; "
-              f"{len(train_data)} train / {len(test_data)} test {config.dataset} examples; {device}"
+    _say(ctx, f"{config.arch} mode {config.mode}: {run.trainable.count(model):,} of {total:,} parameters train; "
+              f"{len(run.train_data)} train / {len(run.test_data)} test {config.dataset} examples; {run.device}"
               f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}; {out}"
-              f"{f' (resumed at epoch {start})' if ckpt is not None else ''}")
+              f"{f' (resumed at epoch {run.start})' if run.resumed else ''}")
+    training = config.mode != "none"
     epochs = config.epochs if training else 0
-    if ckpt is None:
+    if not run.resumed:
         empty = {k: None for k in METRICS}
-        history = [{"epoch": 0, "lr": None, **empty, **(test_metrics() if config.eval_every else {})}]
+        history.append({"epoch": 0, "lr": None, **empty, **(test_metrics() if config.eval_every else {})})
         if ctx.main:
             save(out / "init.pt", 0, resumable=False)
             rundir.write_metrics(out, history)
         _say(ctx, _summary(history[-1], epochs))
 
-    for epoch in range(start, epochs):
+    for epoch in range(run.start, epochs):
         lr = config.lr_at(epoch)
-        optimizer.set_lr(lr)
-        stats = train_epoch(runner, train_data, optimizer, generator, ctx, batch_size=config.batch_size, amp=amp,
-                            augmenting=config.augment, channels_last=channels_last,
+        run.optimizer.set_lr(lr)
+        stats = train_epoch(run.runner, run.train_data, run.optimizer, run.generator, ctx, batch_size=config.batch_size,
+                            amp=run.amp, augmenting=config.augment, channels_last=run.channels_last,
                             progress=config.progress and ctx.main, description=f"epoch {epoch + 1}/{epochs}")
         done = epoch + 1
         last = done == epochs
@@ -185,7 +231,6 @@ def _train(config: Config, ctx: distributed.Context) -> Path:
         save(out / "final.pt", 0, resumable=False)
     distributed.barrier(ctx)
     _say(ctx, f"done: {out / 'final.pt'}")
-    return out
 
 
 def _summary(row: dict, epochs: int) -> str:

@@ -1,16 +1,17 @@
-"""The run directory: init.pt, epoch_XXX.pt, final.pt, metrics.jsonl, and last.pt (resume state while the
-run is unfinished). Every file is written to a temporary name and renamed into place."""
+"""The run directory: init.pt, epoch_XXX.pt, final.pt, metrics.jsonl, config.toml (the resolved settings),
+and last.pt (resume state while the run is unfinished). Every file is written to a temporary name and renamed
+into place; --overwrite deletes only these files, never anything else in the directory."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
+from rfprobe.atomic import atomic_file
 from rfprobe.errors import RfprobeError
 
 RUN_FILES = ("init.pt", "final.pt", "last.pt", "metrics.jsonl")
+CONFIG_FILE = "config.toml"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -30,13 +31,28 @@ def check(path: Path, *, resume: bool, overwrite: bool) -> None:
         raise RfprobeError(f"--overwrite refused: {path} is not empty and holds no run (no init.pt / metrics.jsonl)")
 
 
+def run_files(path: Path) -> list[Path]:
+    """The files of a run that the trainer wrote (and --overwrite may delete)."""
+    named = [path / name for name in (*RUN_FILES, CONFIG_FILE)]
+    return [p for p in named if p.is_file()] + sorted(p for p in path.glob("epoch_*.pt") if p.is_file())
+
+
 def reset(path: Path, overwrite: bool) -> None:
-    """Create the directory; with --overwrite, delete the previous run in it first; drop stale temp files."""
+    """Create the directory; with --overwrite, delete the previous run's files in it first (only those)."""
     if overwrite and path.exists() and is_run_dir(path):
-        shutil.rmtree(path)
+        for file in run_files(path):
+            file.unlink()
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.tmp-*"):
-        stale.unlink()
+    for stale in path.glob(".*.tmp-*"):  # rfprobe.atomic's temporaries, left by a killed run
+        if stale.is_file() and stale.name[1:].partition(".tmp-")[0] in (*RUN_FILES, CONFIG_FILE) \
+                or stale.name.startswith(".epoch_"):
+            stale.unlink()
+
+
+def write_config(path: Path, text: str) -> None:
+    """config.toml: the run's resolved settings (`python -m train --config` reads it back)."""
+    with atomic_file(path / CONFIG_FILE) as tmp:
+        tmp.write_text(text)
 
 
 def resume_point(path: Path) -> Path | None:
@@ -49,10 +65,8 @@ def resume_point(path: Path) -> Path | None:
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     """metrics.jsonl, one JSON object per epoch (epoch 0 = the initial model), rewritten atomically."""
-    target = path / "metrics.jsonl"
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, target)
+    with atomic_file(path / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
 
 
 def epoch_file(path: Path, epoch: int) -> Path:
