@@ -39,7 +39,7 @@ from rfprobe.models import build_model
 from rfprobe.passes import partition
 from rfprobe.plots import save_figure
 from rfprobe.plots.partition import draw_slice
-from rfprobe.results import provenance, save_result
+from rfprobe.results import provenance, save_result, stack
 
 MODELS = ((4, 64), (8, 64), (4, 256))
 SEEDS = (0, 1)
@@ -209,7 +209,7 @@ def run_cnn(root: Path, quick: bool) -> xr.Dataset:
 def figures(mlp: xr.Dataset, slices: dict, cnn: xr.Dataset | None, where: Path, overwrite: bool) -> list[Path]:
     written = []
     labels = list(slices)
-    stacked = partition.stack_results([slices[c] for c in labels], labels)
+    stacked = stack([slices[c] for c in labels], labels)
     fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 4.2))
     for ax, label in zip(axes, labels):
         draw_slice(ax, stacked, label, f"mlp_{SLICE_MODEL[0]}x{SLICE_MODEL[1]}, {label}: "

@@ -29,8 +29,8 @@ import torch
 from rfprobe.models import build_model
 from rfprobe.passes import signal
 from rfprobe.plots import save_figure
-from rfprobe.plots.signal import draw_signal
-from rfprobe.results import save_result
+from rfprobe.plots.signal import signal_figure
+from rfprobe.results import save_result, stack
 
 NETS = (  # label, architecture pattern, build options
     ("BN-ReLU (pre-act)", "cifar_preact_resnet_{depth}", {"bn_init": "fixed"}),
@@ -50,7 +50,7 @@ def measure_all(depth: int, batch: int, seed: int, device: str = "cpu"):
         one["build_options"] = ((), np.array(", ".join(f"{k}={v}" for k, v in options.items()), dtype=object))
         results.append(one)
         labels.append(label)
-    return signal.stack_signals(results, labels)
+    return stack(results, labels)
 
 
 def _stage_slices(one) -> list[np.ndarray]:
@@ -112,9 +112,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     ds = measure_all(args.depth, args.batch, args.seed, args.device)
     save_result(ds, args.out, overwrite=args.overwrite)
-    save_figure(draw_signal(ds, title=f"SPPs at init, depth {args.depth}"), args.plot, overwrite=args.overwrite, dpi=72)
+    save_figure(signal_figure(ds, title=f"SPPs at init, depth {args.depth}"), args.plot, overwrite=args.overwrite, dpi=72)
     nf = [label for label, pattern, _ in NETS if pattern.startswith("nf_")]
-    save_figure(draw_signal(ds.sel(checkpoint=nf), title=f"NF-ResNets at init, depth {args.depth}"), args.nf_plot,
+    save_figure(signal_figure(ds.sel(checkpoint=nf), title=f"NF-ResNets at init, depth {args.depth}"), args.nf_plot,
                 overwrite=args.overwrite, dpi=72)
     print("\n".join(report(ds)))
     if args.border_resolution:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from rfprobe import __version__
 from rfprobe.errors import RfprobeError
+from rfprobe.passes import ABLATE_FRACTIONS
 
 app = typer.Typer(
     name="rfprobe",
@@ -265,7 +266,7 @@ def info(
 ) -> None:
     """Architecture, mode, epoch, metrics, parameter counts by group and the BN layers with their roles."""
     from rfprobe.sites import find_sites
-    from rfprobe.trainable import GROUPS, parameter_groups, select
+    from rfprobe.trainable import GROUPS, MODES, parameter_groups, select
 
     ckpt = load_one(checkpoint, arch, num_classes)
     model = ckpt.model
@@ -274,7 +275,7 @@ def info(
     params = dict(model.named_parameters())
     totals = {g: sum(params[n].numel() for n in params if groups[n] == g) for g in GROUPS}
     trainable = None
-    if ckpt.mode in ("all", "bn", "bn+output", "output", "none", "gamma", "beta", "random"):
+    if ckpt.mode in MODES:
         also = tuple(ckpt.hparams.get("also") or ())
         plan = select(model, ckpt.mode, also=also, masks=ckpt.masks or None, sites=sites)
         trainable = {g: 0 for g in GROUPS}
@@ -530,7 +531,7 @@ def ablate(
     prune_below: Annotated[float, typer.Option("--prune-below", help="prune channels with |gamma| below this")] = 0.01,
     keep_beta: Annotated[bool, typer.Option("--keep-beta", help="pruning sets gamma=0 but keeps beta (default: both 0)")] = False,
     seeds: Annotated[int, typer.Option("--seeds", help="random-control draws (seeds 0..N-1)")] = 3,
-    fractions: Annotated[str, typer.Option("--fractions", help="comma-separated fractions of eligible channels for the smallest-|gamma| curve ('' for none)")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    fractions: Annotated[str, typer.Option("--fractions", help="comma-separated fractions of eligible channels for the smallest-|gamma| curve ('' for none)")] = ",".join(f"{f:g}" for f in ABLATE_FRACTIONS),
     reenable_pruned: Annotated[bool, typer.Option("--reenable-pruned", help="also restore gamma of the channels below --prune-below")] = False,
     reenable_value: Annotated[str, typer.Option("--reenable-value", help="init (init.pt beside the checkpoint, else median), median (of the layer's live |gamma|), one")] = "init",
     eligible: Annotated[str, typer.Option("--eligible", help="BNs whose channels may be pruned: all, no-shortcut, relu")] = "all",
@@ -604,23 +605,30 @@ def ablate(
 # ---------------------------------------------------------------- signal (signal propagation plots)
 
 
-def _signal_subject(arg: str, arch, num_classes, device, *, seed: int, bn_init: str, skip_init_gain: float | None):
-    """An existing file is a checkpoint, anything else an architecture name (a fresh init from `seed`).
-    Returns (checkpoint or None, model)."""
-    from rfprobe.models import architecture_patterns, build_model
+def _fresh_options(arg: str, given: dict) -> dict | None:
+    """The build options of `given` that the architecture `arg` takes; None when `arg` is an existing file
+    (a checkpoint); a one-line error when it is neither a file nor an architecture name."""
+    from rfprobe.models import architecture_options, architecture_patterns
 
     if Path(arg).exists():
-        ckpt = load_one(Path(arg), arch, num_classes, device=device)
-        return ckpt, ckpt.model
-    options = {"skip_init_gain": skip_init_gain} if skip_init_gain is not None and arg.startswith("nf_") else {}
+        return None
     try:
-        model = build_model(arg, num_classes or 10, bn_init=bn_init, seed=seed, **options)
-    except RfprobeError as e:
-        if not str(e).startswith("unknown architecture"):
-            raise
+        taken = architecture_options(arg)
+    except RfprobeError:
         raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
                            f"({'; '.join(architecture_patterns())})") from None
-    return None, model.to(device)
+    defaults = {"bn_init": "uniform"} if "bn_init" in taken else {}
+    return {**defaults, **{k: v for k, v in given.items() if k in taken}}
+
+
+def _signal_subject(arg: str, options: dict | None, arch, num_classes, device, seed: int):
+    """(checkpoint, model) of an existing file, or (None, a fresh init of the architecture `arg` from `seed`)."""
+    from rfprobe.models import build_model
+
+    if options is None:
+        ckpt = load_one(Path(arg), arch, num_classes, device=device)
+        return ckpt, ckpt.model
+    return None, build_model(arg, num_classes or 10, seed=seed, **options).to(device)
 
 
 @app.command()
@@ -632,7 +640,7 @@ def signal(
     seed: Annotated[int, typer.Option("--seed", help="seed of the input batch and of fresh inits")] = 0,
     batch_stats: Annotated[bool, typer.Option("--batch-stats", help="BN normalises with the batch's statistics also for "
                                                                     "trained checkpoints (always for fresh inits and epoch-0 checkpoints)")] = False,
-    bn_init: Annotated[str, typer.Option("--bn-init", help="BN init of fresh inits: uniform (OpenLTH), fixed (gamma 1, as the paper), oneone, positivenegative")] = "uniform",
+    bn_init: Annotated[Optional[str], typer.Option("--bn-init", help="BN init of fresh inits that have one (not nf_*): uniform (OpenLTH's default), fixed (gamma 1, as the paper), oneone, positivenegative")] = None,
     skip_init_gain: Annotated[Optional[float], typer.Option("--skip-init-gain", help="skip gain of fresh nf_* inits (default 0, SkipInit; 1 shows the paper's SPPs)")] = None,
     dataset: DatasetOpt = "synthetic",
     data_root: DataRootOpt = None,
@@ -653,38 +661,42 @@ def signal(
     """Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block."""
     from rfprobe.checkpoint import label_of
     from rfprobe.data import resolve_device
-    from rfprobe.models import BN_INITS
+    from rfprobe.models import check_build_options
     from rfprobe.passes import signal as signal_pass
-    from rfprobe.plots.signal import draw_signal
+    from rfprobe.plots.signal import signal_figure
+    from rfprobe.results import stack
 
     signal_pass.check_options(input_kind, batch)
-    if bn_init not in BN_INITS:
-        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
+    given = {k: v for k, v in (("bn_init", bn_init), ("skip_init_gain", skip_init_gain)) if v is not None}
+    if bn_init is not None:
+        check_build_options("cifar_resnet_8", {"bn_init": bn_init})
     data_options = DataOptions(dataset, split, data_root, download, None, normalization, mean, std)
     if input_kind != "data" and data_options.override is not None:
         raise RfprobeError("--normalization / --mean / --std apply to --input data (Gaussian input is not normalised)")
-    if skip_init_gain is not None and not any(a.startswith("nf_") and not Path(a).exists() for a in models):
-        raise RfprobeError("--skip-init-gain sets the skip gain of fresh nf_resnet / nf_he_resnet inits; "
-                           "no argument names one")
+    build_options = [_fresh_options(a, given) for a in models]
+    for name in given:
+        if not any(o is not None and name in o for o in build_options):
+            raise RfprobeError(f"--{name.replace('_', '-')} sets an option of fresh inits; no architecture argument "
+                               f"takes it (--bn-init: OpenLTH-style BN models; --skip-init-gain: nf_* models)")
     dev = resolve_device(device)
     labels = labels_for(models, label, defaults=[label_of(a) if Path(a).exists() else a for a in models], what="model")
     path, plot = prepare_outputs("signal", labels, out, plot, overwrite)
     batch_data = (signal_pass.data_input(dataset, batch, seed, split=split, root=data_root, download=download)
                   if input_kind == "data" else None)
     results = []
-    for arg in models:
-        ckpt, model = _signal_subject(arg, arch, num_classes, dev, seed=seed, bn_init=bn_init, skip_init_gain=skip_init_gain)
+    for arg, options in zip(models, build_options):
+        ckpt, model = _signal_subject(arg, options, arch, num_classes, dev, seed)
         if batch_data is not None:
             x = data_options.for_checkpoint(ckpt, batch_data)
         else:
             x = signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed).to(dev)
         at_init = ckpt is None or ckpt.epoch == 0
-        init = {} if ckpt is not None else {"init_seed": seed, "bn_init": bn_init,
-                                            "skip_init_gain": "" if skip_init_gain is None else skip_init_gain}
+        init = {} if ckpt is not None else {"init_seed": seed, "bn_init": options.get("bn_init", ""),
+                                            "skip_init_gain": options.get("skip_init_gain", "")}
         results.append(signal_pass.run(model, x, batch_stats=batch_stats or at_init, checkpoint=ckpt,
                                        input_kind=input_kind, split=split, seed=seed, command=sys.argv, **init))
-    ds = signal_pass.stack_signals(results, labels)
-    written = write_outputs(ds, path, plot, draw_signal, overwrite)
+    ds = stack(results, labels)
+    written = write_outputs(ds, path, plot, signal_figure, overwrite)
     summary = signal_pass.headline(ds)
     if json_out:
         print_json({"pass": "signal", "input": input_kind, "n_examples": int(ds.attrs["n_examples"]),
@@ -742,6 +754,7 @@ def partition(
     from rfprobe.data import DATASETS, resolve_device
     from rfprobe.passes import partition as partition_pass
     from rfprobe.plots.partition import partition_figure
+    from rfprobe.results import stack
 
     data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
     segment_kinds = partition_pass.check_options(
@@ -762,7 +775,7 @@ def partition(
             probes=probes, lc_points=lc_points, jitter_batches=jitter_batches, jitter_batch_size=jitter_batch_size,
             slice_plane=slice_plane, slice_max_regions=slice_max_regions, slice_resolution=slice_resolution,
             recalibrate=recalibrate_bn, batch_size=batch_size, device=dev, seed=seed, command=sys.argv))
-    ds = partition_pass.stack_results(results, labels)
+    ds = stack(results, labels)
     written = write_outputs(ds, path, plot, partition_figure, overwrite)
     summary = partition_pass.headline(ds)
     if json_out:

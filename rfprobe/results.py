@@ -120,15 +120,50 @@ def _as_object_strings(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _fill_value(dtype: np.dtype):
+    """Padding of a variable: NaN for floats, -1 for integers, '' for text."""
+    return np.nan if dtype.kind in "fc" else -1 if dtype.kind in "iu" else ""
+
+
+def pad_ragged(datasets: Sequence[xr.Dataset]) -> list[xr.Dataset]:
+    """Pad every dimension but `layer` whose length differs between the Datasets to the longest: an indexed
+    dimension (e.g. signal's `block` = 0, 1, ...) is reindexed on the longest index, an unindexed one (e.g.
+    partition's `slice_edge`) padded at the end; new cells get `_fill_value` of their variable's dtype."""
+    sizes: dict[str, set[int]] = {}
+    for ds in datasets:
+        for dim, size in ds.sizes.items():
+            sizes.setdefault(dim, set()).add(size)
+    ragged = [d for d, s in sizes.items() if len(s) > 1 and d != "layer" and all(d in ds.dims for ds in datasets)]
+    out = list(datasets)
+    for dim in ragged:
+        longest = max(sizes[dim])
+        padded = []
+        for ds in out:
+            if ds.sizes[dim] == longest:
+                padded.append(ds)
+                continue
+            fill = {name: _fill_value(var.dtype) for name, var in ds.variables.items() if dim in var.dims}
+            if dim in ds.indexes:
+                index = next(o.indexes[dim] for o in out if o.sizes[dim] == longest)
+                padded.append(ds.reindex({dim: index}, fill_value=fill))
+            else:
+                padded.append(ds.pad({dim: (0, longest - ds.sizes[dim])}, constant_values=fill))
+        out = padded
+    return out
+
+
 def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
     """Concatenate per-checkpoint Datasets along a new `checkpoint` dimension (coordinate: `labels`).
 
     Datasets over the same layers concatenate exactly (`join="exact"`: anything misaligned raises).
     Different architectures are aligned on the union of layer names, NaN-padded, and their per-layer
-    coordinates (depth, stage, role, ...) become `(checkpoint, layer)` variables, since they differ."""
+    coordinates (depth, stage, role, ...) become `(checkpoint, layer)` variables, since they differ.
+    Other dimensions of different lengths (networks of different depths, slices with more edges) are
+    padded to the longest first (`pad_ragged`)."""
     if len(datasets) != len(labels) or not datasets:
         raise RfprobeError("stack needs one label per dataset and at least one dataset")
     labels = unique_labels(list(labels))
+    datasets = pad_ragged(datasets)
     prepared = []
     for ds in datasets:
         ds = ds.copy()

@@ -93,9 +93,6 @@ class Sites:
     additions: list[AddSite] = field(default_factory=list)
     """the residual additions in forward order"""
 
-    def bn_by_name(self) -> dict[str, BNSite]:
-        return {site.name: site for site in self.bn}
-
     def bn_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         modules = dict(model.named_modules())
         return {site.name: modules[site.name] for site in self.bn}
@@ -126,7 +123,8 @@ def _is_weight(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return _module_of(node, modules, WEIGHT_TYPES) or (node.op == "call_function" and node.target in _WEIGHT_FUNCTIONS)
 
 
-def _enclosing_module(node: fx.Node) -> str:
+def enclosing_module(node: fx.Node) -> str:
+    """The qualified name of the innermost module whose forward produced `node` ('' at the top level)."""
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.keys())[-1] if stack else ""
 
@@ -200,7 +198,7 @@ def find_sites(model: nn.Module) -> Sites:
             shortcut_nodes.update(sides[0] if weights[0] < weights[1] else sides[1])
             residual_input[add] = (left, right) if weights[0] > weights[1] else (right, left)
         fork_of[add] = nodes[fork] if fork >= 0 else None
-        add_names[add] = f"{_enclosing_module(add)}.add" if _enclosing_module(add) else add.name
+        add_names[add] = f"{enclosing_module(add)}.add" if enclosing_module(add) else add.name
 
     stage_of: dict[fx.Node, int] = {}
     sizes: list[tuple[int, ...]] = []
@@ -243,8 +241,8 @@ def find_sites(model: nn.Module) -> Sites:
         elif feeder in add_names:
             key, source = add_names[feeder], "add"
         elif feeder.op == "call_function" and feeder.target in _WEIGHT_FUNCTIONS and \
-                isinstance(modules.get(_enclosing_module(feeder)), WEIGHT_TYPES):
-            key, source = _enclosing_module(feeder), "other"
+                isinstance(modules.get(enclosing_module(feeder)), WEIGHT_TYPES):
+            key, source = enclosing_module(feeder), "other"
         else:
             key, source = (feeder.target if feeder.op == "call_module" else feeder.name), "other"
         meta = node.meta.get("tensor_meta")

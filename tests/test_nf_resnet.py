@@ -97,9 +97,9 @@ def test_he_init_variant_has_plain_convs_and_unit_gain():
 def test_options_dropout_and_errors():
     model = build_model("nf_resnet_8", dropout=0.25)
     assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.25
-    for kwargs, message in (({"dropout": 1.0}, "dropout"), ({"alpha": 0.3}, "unknown option"),
-                            ({"skip_init_gain": "x"}, "could not convert")):
-        with pytest.raises(RfprobeError, match=f"nf_resnet_8: .*{message}"):
+    for kwargs, message in (({"dropout": 1.0}, ": .*dropout"), ({"alpha": 0.3}, " does not use --alpha"),
+                            ({"skip_init_gain": "x"}, ": .*could not convert"), ({"bn_init": "fixed"}, " does not use --bn-init")):
+        with pytest.raises(RfprobeError, match=f"nf_resnet_8{message}"):
             build_model("nf_resnet_8", **kwargs)
     with pytest.raises(RfprobeError, match="6n\\+2"):
         build_model("nf_resnet_9")

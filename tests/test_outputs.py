@@ -118,6 +118,8 @@ BAD_OPTIONS = [
     (["signal", MISSING, "--batch", "1"], "--batch must be at least 2"),
     (["signal", MISSING, "--bn-init", "zeros"], "unknown --bn-init 'zeros'"),
     (["signal", MISSING, "--normalization", "half"], "apply to --input data"),
+    (["signal", "nf_resnet_8", "--bn-init", "fixed"], "--bn-init sets an option of fresh inits; no architecture"),
+    (["signal", "cifar_resnet_8", "--skip-init-gain", "1"], "--skip-init-gain sets an option of fresh inits"),
     (["export", MISSING, "out.pt"], "ending in .safetensors"),
 ]
 

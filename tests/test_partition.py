@@ -14,7 +14,7 @@ from rfprobe.geometry import Tangent, walk
 from rfprobe.models import build_model
 from rfprobe.normalization import custom
 from rfprobe.passes import partition
-from rfprobe.results import open_result
+from rfprobe.results import open_result, stack
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -182,7 +182,7 @@ def test_stacking_models_with_different_partitions(moons):
     options = dict(segments_per_kind=2, exact_points=0, probes=0, lc_points=0, jitter_batches=0, slice_resolution=8)
     small = partition.run(one_layer(4), data, **options)
     large = partition.run(build_model("mlp_2x8", 2, seed=1), data, **options)
-    ds = partition.stack_results([small, large], ["small", "large"])
+    ds = stack([small, large], ["small", "large"])
     assert ds.sizes["slice_edge"] == max(small.sizes["slice_edge"], large.sizes["slice_edge"])
     edges = ds["slice_edges"].sel(checkpoint="small").values
     assert np.isfinite(edges).all(axis=(1, 2)).sum() == small.sizes["slice_edge"]

@@ -232,7 +232,8 @@ def test_stem_is_the_first_block_input_when_it_forks_inside():
 
 
 def test_non_finite_model_gives_nan_curves_and_null_headline():
-    from rfprobe.passes.signal import headline, stack_signals
+    from rfprobe.passes.signal import headline
+    from rfprobe.results import stack
 
     model = build_model("cifar_resnet_8_4", seed=0)
     with torch.no_grad():
@@ -240,5 +241,5 @@ def test_non_finite_model_gives_nan_curves_and_null_headline():
     ds = measure(model, gaussian_input((3, 32, 32), 4, seed=0), batch_stats=False)
     assert np.isfinite(ds["variance"].values[:2]).all() and np.isnan(ds["variance"].values[2:]).all()
     ds["bn_statistics"] = ((), np.array("running", dtype=object))
-    summary = headline(stack_signals([ds], ["nan"]))["nan"]
+    summary = headline(stack([ds], ["nan"]))["nan"]
     assert summary["variance_last"] is None and summary["variance_max"] == pytest.approx(float(ds["variance"][:2].max()))

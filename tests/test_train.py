@@ -236,4 +236,7 @@ def test_skip_init_gain_sets_the_nf_skip_gain_and_is_recorded(tmp_path, capsys):
     default = build_model("nf_resnet_8_4")
     assert all(float(v) == 0.0 for k, v in default.state_dict().items() if k.endswith("skip_gain"))
     err = _error(["cifar_resnet_8_4", "--skip-init-gain", "1", "--dataset", "synthetic", "--out", str(tmp_path / "x")], capsys)
-    assert "nf_* architectures only" in err
+    assert "cifar_resnet_8_4 does not use --skip-init-gain (it takes bn_init)" in err
+    err = _error(["nf_resnet_8_4", "--bn-init", "fixed", "--dataset", "synthetic", "--out", str(tmp_path / "x")], capsys)
+    assert "nf_resnet_8_4 does not use --bn-init (it takes skip_init_gain, dropout)" in err
+    assert Config(arch="nf_resnet_8_4").bn_init is None and Config(arch="cifar_resnet_8").bn_init == "uniform"

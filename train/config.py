@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rfprobe.data import DATASETS
 from rfprobe.errors import RfprobeError
-from rfprobe.models import BN_INITS
+from rfprobe.models import architecture_options, check_build_options
 from rfprobe.normalization import Normalization, for_dataset, from_options
 from rfprobe.trainable import ALSO, MODES
 
@@ -60,7 +60,8 @@ class Config:
     lr_factor: float = option(0.1, "lr multiplier at each milestone", training=True)
     augment: bool = option(True, "random crop (4-pixel padding) + horizontal flip", training=True, cli="flag")
     seed: int = option(0, "seed of the initialisation, masks, shuffling and augmentation", training=True)
-    bn_init: str = option("uniform", "uniform, fixed, oneone, positivenegative", training=True)
+    bn_init: str | None = option(None, "BN init of OpenLTH-style models: uniform (their default), fixed, oneone, "
+                                       "positivenegative (refused for models without it, e.g. nf_*)", training=True)
     random_k: int = option(2, "random mode: trainable weights per output channel", training=True)
     also: tuple[str, ...] = option((), "also train: shortcut (the 1x1 shortcut convs), output", training=True,
                                    cli="repeat")
@@ -96,6 +97,8 @@ class Config:
                 setattr(self, name, tuple(getattr(self, name)))
         if self.arch is None:
             raise RfprobeError("no architecture given: pass ARCH (e.g. cifar_resnet_20) or set arch in --config")
+        if self.bn_init is None and "bn_init" in _options_of(self.arch):
+            self.bn_init = "uniform"
 
     def validate(self) -> None:
         """Raise RfprobeError (one line) for any value that cannot work, before anything heavy happens."""
@@ -103,8 +106,6 @@ class Config:
             raise RfprobeError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.dataset not in DATASETS:
             raise RfprobeError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.bn_init not in BN_INITS:
-            raise RfprobeError(f"unknown --bn-init {self.bn_init!r}; choose one of {', '.join(BN_INITS)}")
         bad_also = [a for a in self.also if a not in ALSO]
         if bad_also:
             raise RfprobeError(f"unknown --also {bad_also[0]!r}; choose from {', '.join(ALSO)}")
@@ -120,9 +121,7 @@ class Config:
                             "lr-factor": self.lr_factor}.items():
             if not value >= 0:
                 raise RfprobeError(f"--{name} must be non-negative, got {value}")
-        options = [f"--{k.replace('_', '-')}" for k in self.model_options()]
-        if options and not self.arch.startswith("nf_"):
-            raise RfprobeError(f"{' and '.join(options)} apply to nf_* architectures only, not {self.arch}")
+        check_build_options(self.arch, self.model_options())
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise RfprobeError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
@@ -133,9 +132,10 @@ class Config:
         """`--normalization` or `--mean/--std`, else the dataset's default; recorded in every checkpoint."""
         return from_options(self.normalization, self.mean, self.std) or for_dataset(self.dataset)
 
-    def model_options(self) -> dict[str, float]:
-        """Build options passed to `build_model` (only those given)."""
-        return {k: v for k, v in (("skip_init_gain", self.skip_init_gain), ("dropout", self.dropout)) if v is not None}
+    def model_options(self) -> dict:
+        """Build options passed to `build_model` (only those set)."""
+        return {k: v for k, v in (("bn_init", self.bn_init), ("skip_init_gain", self.skip_init_gain),
+                                  ("dropout", self.dropout)) if v is not None}
 
     def output_dir(self) -> Path:
         """`--out`, else runs/<arch>_<mode>_<dataset>_s<seed> (the run is named by what it trains)."""
@@ -231,3 +231,11 @@ def to_toml(config: Config) -> str:
         if value is not None and f.metadata.get("stored", True):
             lines.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _options_of(arch: str) -> tuple[str, ...]:
+    """The build options of `arch`, () for a name the registry does not know (validate() reports it)."""
+    try:
+        return architecture_options(arch)
+    except RfprobeError:
+        return ()

@@ -35,7 +35,7 @@ def prepare(x: torch.Tensor, data: Data, channels_last: bool) -> torch.Tensor:
     return x
 
 
-def epoch_plan(n: int, batch_size: int, generator: torch.Generator, augmenting: bool):
+def epoch_plan(n: int, generator: torch.Generator, augmenting: bool):
     """The epoch's random draws, identical on every rank: a permutation of the n examples, then the
     crop offsets and flips of the n images in permutation order (drawn for the whole epoch at once)."""
     order = torch.randperm(n, generator=generator, device=generator.device)
@@ -55,7 +55,7 @@ def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: t
     steps = n // batch_size
     per_rank = batch_size // ctx.world
     augmenting = augmenting and data.x.dtype == torch.uint8 and data.x.dim() == 4
-    order, draws = epoch_plan(n, batch_size, generator, augmenting)
+    order, draws = epoch_plan(n, generator, augmenting)
     totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
     totals[2] = steps * per_rank
     for step in track(range(steps), steps, description, enabled=progress):

@@ -130,7 +130,7 @@ def _build(config: Config, ctx: distributed.Context, out: Path, source: Path | N
     normalization = config.input_normalization()
     train_data, test_data = (d.with_normalization(normalization) for d in _load_data(config, ctx))
     num_classes = len(train_data.classes)
-    model = build_model(config.arch, num_classes, bn_init=config.bn_init, seed=config.seed, **config.model_options())
+    model = build_model(config.arch, num_classes, seed=config.seed, **config.model_options())
     if tuple(model.rfprobe_input_shape) != tuple(train_data.x.shape[1:]):
         raise RfprobeError(f"{config.arch} takes inputs of shape {tuple(model.rfprobe_input_shape)}, but {config.dataset} "
                            f"examples have shape {tuple(train_data.x.shape[1:])}")

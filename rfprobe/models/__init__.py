@@ -26,16 +26,20 @@ class Architecture:
     description: str
     build: Callable[..., nn.Module]
     input_shape: Callable[[re.Match, dict], tuple[int, ...]]
+    options: tuple[str, ...]
+    """the build options it takes (`bn_init` for the OpenLTH-initialised models); anything else is refused"""
 
 
 _REGISTRY: list[Architecture] = []
 
 
-def register(pattern: str, example: str, description: str, input_shape=lambda m, options: (3, 32, 32)):
-    """Decorator: `build(match, num_classes)` makes the architecture whose name fully matches `pattern`."""
+def register(pattern: str, example: str, description: str, input_shape=lambda m, options: (3, 32, 32),
+             options: tuple[str, ...] = ("bn_init",)):
+    """Decorator: `build(match, num_classes, **options)` makes the architecture whose name fully matches
+    `pattern`; `options` names the build options it takes."""
 
     def wrap(build):
-        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape))
+        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape, tuple(options)))
         return build
 
     return wrap
@@ -73,20 +77,36 @@ def init_openlth_(model: nn.Module, bn_init: str = "uniform") -> None:
                 module.bias.fill_(1.0 if bn_init == "oneone" else 0.0)
 
 
-def build_model(name: str, num_classes: int = 10, *, bn_init: str = "uniform", seed: int | None = None,
-                **options) -> nn.Module:
+def architecture_options(name: str) -> tuple[str, ...]:
+    """The build options architecture `name` takes (e.g. ("bn_init",), ("skip_init_gain", "dropout"))."""
+    return _lookup(name)[0].options
+
+
+def check_build_options(name: str, options: dict) -> None:
+    """Refuse (one line) an unknown architecture, an option it does not take, an unknown `bn_init`."""
+    taken = architecture_options(name)
+    ignored = sorted(set(options) - set(taken))
+    if ignored:
+        takes = f"it takes {', '.join(taken)}" if taken else "it takes no build options"
+        raise RfprobeError(f"{name} does not use {', '.join('--' + o.replace('_', '-') for o in ignored)} ({takes})")
+    if options.get("bn_init", "uniform") not in BN_INITS:
+        raise RfprobeError(f"unknown --bn-init {options['bn_init']!r}; choose one of {', '.join(BN_INITS)}")
+
+
+def build_model(name: str, num_classes: int = 10, *, seed: int | None = None, **options) -> nn.Module:
     """Build the architecture `name` with `num_classes` outputs at its initialisation.
 
-    `seed` makes the initialisation reproducible without touching the global RNG; `bn_init` applies to
-    the OpenLTH-style models (torchvision models keep torchvision's own init)."""
+    `seed` makes the initialisation reproducible without touching the global RNG. `options` are the
+    architecture's build options: `bn_init` (uniform, OpenLTH's default; fixed; oneone; positivenegative) for
+    the OpenLTH-initialised models, `skip_init_gain` / `dropout` for nf_* models; an option the architecture
+    does not take is refused (torchvision models keep torchvision's own init and take none)."""
+    check_build_options(name, options)
     arch, match = _lookup(name)
-    if bn_init not in BN_INITS:
-        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         try:
-            model = arch.build(match, num_classes, bn_init=bn_init, **options)
+            model = arch.build(match, num_classes, **options)
         except ValueError as e:
             raise RfprobeError(f"{name}: {e}") from None
     model.rfprobe_arch = name
@@ -114,7 +134,7 @@ def _cifar_vgg(m, num_classes, bn_init="uniform"):
 
 
 @register(r"mlp_(\d+)x(\d+)", "mlp_DxW", "D hidden Linear-BN-ReLU layers of width W, 2-D input",
-          input_shape=lambda m, options: (options.get("in_features", 2),))
+          input_shape=lambda m, options: (options.get("in_features", 2),), options=("bn_init", "in_features"))
 def _mlp(m, num_classes, bn_init="uniform", in_features=2):
     from rfprobe.models.mlp import MLP
 
@@ -124,8 +144,8 @@ def _mlp(m, num_classes, bn_init="uniform", in_features=2):
 
 
 @register(r"torchvision:(\w+)", "torchvision:<name>", "a torchvision ImageNet model, e.g. torchvision:resnet18",
-          input_shape=lambda m, options: (3, 224, 224))
-def _torchvision(m, num_classes, bn_init="uniform"):
+          input_shape=lambda m, options: (3, 224, 224), options=())
+def _torchvision(m, num_classes):
     import torchvision
 
     try:
@@ -134,32 +154,31 @@ def _torchvision(m, num_classes, bn_init="uniform"):
         raise ValueError(f"torchvision has no model {m.group(1)!r}; see torchvision.models.list_models()") from None
 
 
-def _nf_resnet(m, num_classes, *, standardize, skip_init_gain=0.0, dropout=0.0, **unknown):
+def _nf_resnet(m, num_classes, *, standardize, skip_init_gain=0.0, dropout=0.0):
     from rfprobe.models.nf_resnet import NFResNet
 
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}; nf_* models take skip_init_gain, dropout")
     return NFResNet(int(m.group(1)), int(m.group(2) or 16), num_classes, skip_init_gain=float(skip_init_gain),
                     dropout=float(dropout), standardize=standardize)
 
 
 @register(r"nf_resnet_(\d+)(?:_(\d+))?", "nf_resnet_N[_W]",
           "normalizer-free CIFAR ResNet: Scaled-WS convs, alpha 0.2, skip gain init 0 (options skip_init_gain, "
-          "dropout)")
-def _nf_resnet_ws(m, num_classes, bn_init="uniform", **options):
+          "dropout)", options=("skip_init_gain", "dropout"))
+def _nf_resnet_ws(m, num_classes, **options):
     return _nf_resnet(m, num_classes, standardize=True, **options)
 
 
 @register(r"nf_he_resnet_(\d+)(?:_(\d+))?", "nf_he_resnet_N[_W]",
-          "nf_resnet_N[_W] with plain He-init convs (no weight standardisation, ReLU gain 1)")
-def _nf_resnet_he(m, num_classes, bn_init="uniform", **options):
+          "nf_resnet_N[_W] with plain He-init convs (no weight standardisation, ReLU gain 1)",
+          options=("skip_init_gain", "dropout"))
+def _nf_resnet_he(m, num_classes, **options):
     return _nf_resnet(m, num_classes, standardize=False, **options)
 
 
 @register(r"cifar_preact_resnet_(\d+)(?:_(\d+))?", "cifar_preact_resnet_N[_W]",
           "pre-activation (BN-ReLU-conv) CIFAR ResNet, cifar_resnet_N[_W] layout, OpenLTH init")
 def _cifar_preact_resnet(m, num_classes, bn_init="uniform"):
-    from rfprobe.models.nf_resnet import PreActResNet
+    from rfprobe.models.preact_resnet import PreActResNet
 
     model = PreActResNet(int(m.group(1)), int(m.group(2) or 16), num_classes)
     init_openlth_(model, bn_init)
@@ -179,7 +198,8 @@ class _PlainHiddenLayer(nn.Module):
 
 @register(r"mlp_(\d+)x(\d+)_nobn", "mlp_DxW_nobn",
           "mlp_DxW without BN: Linear(with bias)-ReLU layers; kaiming-normal weights, PyTorch's default "
-          "U(+-1/sqrt(fan_in)) biases", input_shape=lambda m, options: (options.get("in_features", 2),))
+          "U(+-1/sqrt(fan_in)) biases", input_shape=lambda m, options: (options.get("in_features", 2),),
+          options=("bn_init", "in_features"))
 def _mlp_nobn(m, num_classes, bn_init="uniform", in_features=2):
     from rfprobe.models.mlp import MLP
 

@@ -40,13 +40,14 @@ import xarray as xr
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
+from rfprobe.passes import ABLATE_FRACTIONS
 from rfprobe.progress import track
 from rfprobe.results import layer_coords, provenance
 from rfprobe.sites import BNSite, find_sites
 
 ELIGIBLE = ("all", "no-shortcut", "relu")
 REENABLE_VALUES = ("init", "median", "one")
-FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
+FRACTIONS = ABLATE_FRACTIONS
 
 
 def eligible_bns(bn: list[BNSite], which: str) -> list[BNSite]:

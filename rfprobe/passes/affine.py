@@ -26,12 +26,12 @@ import torch.nn as nn
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
+from rfprobe.passes import MAX_BINS
 from rfprobe.results import layer_coords, nan_padded, provenance, stack
 from rfprobe.sites import BN_TYPES, BNSite, find_sites
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 DEFAULT_BINS = 60
-MAX_BINS = 10_000
 AFFINE_DEFINITION = ("gamma = BN weight, beta = BN bias, eval-mode BN y = gamma * (x - running_mean) / "
                      "sqrt(running_var + eps) + beta; BN without affine parameters: gamma = 1, beta = 0")
 

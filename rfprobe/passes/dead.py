@@ -24,10 +24,11 @@ import torch.nn as nn
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
+from rfprobe.passes import GAMMA_THRESHOLDS
 from rfprobe.passes.affine import AFFINE_DEFINITION, BNAffine, bn_affine, checkpoint_affine
 from rfprobe.results import provenance, stack
 
-DEFAULT_THRESHOLDS = (1e-3, 1e-2, 5e-2, 0.1)
+DEFAULT_THRESHOLDS = GAMMA_THRESHOLDS
 POOLS = ("all", "no_shortcut", "relu")
 DEAD_DEFINITION = "|gamma| < t: a channel is dead at threshold t when the absolute value of its BN weight is below t"
 OFF_DEFINITION = ("|gamma| < t and beta <= 0 on a BN whose output feeds a ReLU directly (role relu): the ReLU "

@@ -46,7 +46,7 @@ import xarray as xr
 from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
-from rfprobe.results import layer_coords, provenance, stack
+from rfprobe.results import layer_coords, provenance
 from rfprobe.sites import find_sites
 
 SEGMENT_KINDS = ("train-train", "point-noise", "radius")
@@ -414,15 +414,6 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
         lc_vertices=2 * min(LC_VERTICES // 2, int(np.prod(tf.input_shape))), jitter_batches=jitter_batches,
         jitter_batch_size=jitter_batch_size, slice_max_regions=slice_max_regions, seed=seed)
     return ds
-
-
-def stack_results(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
-    """`results.stack` after NaN-padding the one ragged dimension (`slice_edge`) to the longest."""
-    if all("slice_edge" in ds.dims for ds in datasets):
-        longest = max(ds.sizes["slice_edge"] for ds in datasets)
-        datasets = [ds.pad(slice_edge=(0, longest - ds.sizes["slice_edge"])) if ds.sizes["slice_edge"] < longest
-                    else ds for ds in datasets]
-    return stack(datasets, labels)
 
 
 def headline(ds: xr.Dataset) -> dict[str, dict]:

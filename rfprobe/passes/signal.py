@@ -37,11 +37,10 @@ import xarray as xr
 
 from rfprobe.data import Data, load_dataset, normalize
 from rfprobe.errors import RfprobeError
-from rfprobe.results import provenance, stack
-from rfprobe.sites import BN_TYPES, AddSite, Sites, _enclosing_module, find_sites
+from rfprobe.results import provenance
+from rfprobe.sites import BN_TYPES, AddSite, Sites, enclosing_module, find_sites
 
 INPUTS = ("gaussian", "data")
-BN_STATISTICS = ("batch", "running", "none")
 DEFINITIONS = {
     "signal_sites": "block 0: the stem output (the input of the first residual block); block b >= 1: the output "
                     "of the b-th residual addition (before any ReLU that follows it)",
@@ -54,8 +53,6 @@ DEFINITIONS = {
                                     "Var + alpha^2 per block, 1 + alpha^2 after a transition block (assumes skip "
                                     "gain 1); NaN for other models",
 }
-_FLOAT_VARS = ("squared_mean", "variance", "residual_variance", "expected_variance")
-_FILL = {"site": "", "stage": -1, "transition": -1, "n_channels": 0}
 _SCALE_FUNCTIONS = {operator.mul: True, torch.mul: True, operator.truediv: False, torch.div: False}
 
 
@@ -129,7 +126,7 @@ def _stem_node(first: AddSite, nodes: dict[str, fx.Node]) -> fx.Node:
     (a transition block forks after its own pre-activation)."""
     node = nodes[first.fork]
     block = first.name[:-len(".add")] if first.name.endswith(".add") else None
-    while block and (_enclosing_module(node) == block or _enclosing_module(node).startswith(block + ".")):
+    while block and (enclosing_module(node) == block or enclosing_module(node).startswith(block + ".")):
         inputs = [a for a in node.args if isinstance(a, fx.Node)]
         if not inputs:
             break
@@ -250,15 +247,6 @@ def run(model: nn.Module, x: torch.Tensor | Data, *, batch_stats: bool, checkpoi
         attrs.update(arch=getattr(model, "rfprobe_arch", type(model).__name__), mode="init", epoch=0)
     ds.attrs = attrs
     return ds
-
-
-def stack_signals(datasets: list[xr.Dataset], labels: list[str]) -> xr.Dataset:
-    """`rfprobe.results.stack` after aligning every Dataset on the longest `block` range (NaN / empty
-    padding), so networks of different depths overlay in one Dataset."""
-    n = max(ds.sizes["block"] for ds in datasets)
-    blocks = np.arange(n, dtype=np.int64)
-    fill = {**{v: np.nan for v in _FLOAT_VARS}, **_FILL}
-    return stack([ds.reindex(block=blocks, fill_value=fill) for ds in datasets], labels)
 
 
 def _finite_or_none(value) -> float | None:

@@ -31,11 +31,12 @@ import xarray as xr
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
+from rfprobe.passes import GAMMA_THRESHOLDS, MAX_BINS
 from rfprobe.progress import track
 from rfprobe.results import layer_coords, nan_padded, provenance
 from rfprobe.sites import ReluSite, find_sites, trace
 
-THRESHOLDS = (1e-3, 1e-2, 5e-2, 0.1)
+THRESHOLDS = GAMMA_THRESHOLDS
 DEFINITIONS = {
     "sparsity_definition": "zero_fraction: fraction of (example, position) ReLU outputs exactly 0, per channel; "
                            "BN in eval mode",
@@ -157,8 +158,8 @@ def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndar
 
 def check_options(thresholds=THRESHOLDS, bins: int = 20) -> tuple[float, ...]:
     """Refuse (one line) bad options before any work; returns the thresholds sorted and deduplicated."""
-    if not 1 <= bins <= 10_000:
-        raise RfprobeError(f"--bins must be between 1 and 10000, got {bins}")
+    if not 1 <= bins <= MAX_BINS:
+        raise RfprobeError(f"--bins must be between 1 and {MAX_BINS}, got {bins}")
     thresholds = tuple(sorted({float(t) for t in (thresholds or THRESHOLDS)}))
     if not all(np.isfinite(t) and t > 0 for t in thresholds):
         raise RfprobeError(f"--threshold values must be finite and > 0, got {', '.join(map(str, thresholds))}")

@@ -15,7 +15,7 @@ LOG_RANGE = 1e-8
 otherwise stretch the axis down to 1e-15)"""
 
 
-def draw_signal(ds: xr.Dataset, title: str | None = None):
+def signal_figure(ds: xr.Dataset, title: str | None = None):
     """A figure of the SPP panels of every checkpoint in the `signal` result `ds`; block 0 is the stem
     output. The squared-mean panel is on a log scale (floored at LOG_RANGE times its maximum). Thin grey lines
     mark the transition blocks (a shortcut that is not the identity) of any checkpoint."""
