@@ -379,18 +379,7 @@ def affine(
     check_files(checkpoints)
     ds = affine_pass.run_checkpoints(load_checkpoints(checkpoints, arch, num_classes), labels, bins=bins)
     written = write_outputs(ds, path, plot, affine_figure, overwrite)
-    q = {float(x): i for i, x in enumerate(ds["quantile"].values)}
-    summary = {}
-    for lab in ds["checkpoint"].values:
-        one = ds.sel(checkpoint=lab)
-        quantiles = one["pooled_abs_gamma_quantiles"].values
-        summary[str(lab)] = {
-            "n_layers": int(np.isfinite(np.asarray(one["n_channels"].values, float)).sum()),
-            "n_channels": int(one["pooled_n_channels"]),
-            **{k: float(one[f"pooled_{k}"]) for k in ("gamma_mean", "gamma_std", "gamma_frac_negative",
-                                                     "beta_mean", "beta_std", "beta_frac_negative")},
-            "abs_gamma_quantiles": {f"{x:g}": float(quantiles[i]) for x, i in q.items()},
-        }
+    summary = affine_pass.headline(ds)
     if json_out:
         print_json({"pass": "affine", "checkpoints": summary, "written": written})
         return

@@ -26,3 +26,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Every test starts from the same global torch RNG state, so a bare torch.randn in a test is reproducible."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """`cli_error(main, args)`: run an entry point (rfprobe.cli.main or train.__main__.main) that must refuse
+    `args` as bad input; assert exit code 2 and exactly one stderr line without a traceback; return that line."""
+
+    def run(main, args):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        assert err.count("\n") == 1 and ": error: " in err and "Traceback" not in err, err
+        return err.strip()
+
+    return run

@@ -177,7 +177,7 @@ def test_bad_options_one_line_exit_2(tmp_path, capsys, model, args):
 
 
 def test_run_rejects_bad_values(model, data):
-    with pytest.raises(RfprobeError):
+    with pytest.raises(RfprobeError, match="unknown --eligible 'none'"):
         ablate.run(model, data, eligible="none")
-    with pytest.raises(RfprobeError):
+    with pytest.raises(RfprobeError, match=r"--fractions must lie in \[0, 1\], got -0.1"):
         ablate.run(model, data, fractions=[-0.1])

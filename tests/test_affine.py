@@ -94,7 +94,7 @@ def test_histograms_share_edges_across_checkpoints(two_runs):
 def test_degenerate_range_and_bad_bins():
     edges = affine.shared_edges([np.ones(5)], 4)
     assert edges.tolist() == [0.5, 0.75, 1.0, 1.25, 1.5]
-    with pytest.raises(RfprobeError):
+    with pytest.raises(RfprobeError, match="--bins must be between 1 and 10000, got 0"):
         affine.shared_edges([np.ones(5)], 0)
 
 

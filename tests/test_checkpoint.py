@@ -73,7 +73,7 @@ def test_bare_state_dict_needs_arch(tmp_path):
 
 def test_wrong_architecture_names_missing_and_unexpected_keys(tmp_path):
     torch.save(openlth_state_dict(depth=8), tmp_path / "r8.pt")
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(CheckpointError, match="state dict does not match cifar_resnet_14_4") as e:
         load_checkpoint(tmp_path / "r8.pt", arch="cifar_resnet_14_4")
     message = str(e.value)
     assert "does not match cifar_resnet_14_4" in message and "\n" not in message
@@ -142,7 +142,7 @@ def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, build_model("cifar_resnet_8", seed=1), epoch=2)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]

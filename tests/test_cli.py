@@ -42,7 +42,7 @@ def test_info_table(ckpt):
     assert result.returncode == 0 and "BatchNorm layers" in result.stdout and "shortcut" in result.stdout
 
 
-def test_bad_inputs_one_line_exit_2(tmp_path, ckpt, capsys):
+def test_bad_inputs_one_line_exit_2(tmp_path, ckpt, cli_error):
     from rfprobe.cli import main
 
     (tmp_path / "junk.pt").write_text("not a checkpoint")
@@ -50,12 +50,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, ckpt, capsys):
     cases = [("info", tmp_path / "junk.pt"), ("info", tmp_path / "missing.pt"), ("info", tmp_path / "bare.pt"),
              ("info", tmp_path / "bare.pt", "--arch", "nonsense_net"), ("info", tmp_path / "bare.pt", "--arch", "cifar_resnet_14")]
     for args in cases:
-        with pytest.raises(SystemExit) as exit_:
-            main([str(a) for a in args])
-        err = capsys.readouterr().err
-        assert exit_.value.code == 2, (args, err)
-        assert err.startswith("rfprobe: error: ") and err.count("\n") == 1, err
-        assert "Traceback" not in err
+        assert cli_error(main, args).startswith("rfprobe: error: ")
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -46,7 +46,7 @@ def test_cifar_root_from_environment(tmp_path, monkeypatch):
 
 
 def test_missing_root_says_where_it_looked(tmp_path):
-    with pytest.raises(DataError) as e:
+    with pytest.raises(DataError, match="cifar10 not found") as e:
         load_dataset("cifar10", "test", root=tmp_path / "nowhere")
     message = str(e.value)
     assert str(tmp_path / "nowhere") in message and "--data-root" in message and "--download" in message

@@ -82,7 +82,7 @@ def test_thresholds_checked_and_sorted():
     assert dead.check_thresholds([0.1, 0.01, 0.1]).tolist() == [0.01, 0.1]
     assert dead.check_thresholds(None).tolist() == list(T)
     for bad in ([0.0], [-1.0], [float("nan")], [float("inf")]):
-        with pytest.raises(RfprobeError):
+        with pytest.raises(RfprobeError, match="--threshold must be finite and > 0"):
             dead.check_thresholds(bad)
 
 

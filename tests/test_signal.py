@@ -137,7 +137,10 @@ def test_nf_variance_tracks_expected_and_resets_ws_mean_stays_zero_he_mean_grows
 
 def test_gaussian_and_data_inputs():
     x = gaussian_input((3, 8, 8), 4, seed=5)
-    assert torch.equal(x, torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(5)))
+    assert x.shape == (4, 3, 8, 8) and torch.equal(x, gaussian_input((3, 8, 8), 4, seed=5))
+    assert not torch.equal(x, gaussian_input((3, 8, 8), 4, seed=6))
+    big = gaussian_input((3, 32, 32), 256, seed=0).double()
+    assert abs(float(big.mean())) < 0.01 and abs(float(big.std()) - 1) < 0.01  # unit Gaussian: 786,432 draws
     d = data_input("synthetic", 7, seed=0)
     full = load_dataset("synthetic", "test", seed=0)
     index = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:7]

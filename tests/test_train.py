@@ -172,14 +172,6 @@ def test_bn_only_skips_frozen_weight_gradients():
     assert all((p.grad is None) != p.requires_grad for p in model.parameters())
 
 
-def _error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("train: error:"), err
-    return err
-
-
 @pytest.mark.parametrize("argv,message", [
     (["cifar_resnet_8", "--mode", "bogus"], "unknown mode 'bogus'"),
     (["cifar_resnet_7", "--dataset", "synthetic", "--limit", "64"], "cifar_resnet_7"),
@@ -189,34 +181,34 @@ def _error(argv, capsys):
     (["cifar_resnet_8", "--bn-init", "zero"], "unknown --bn-init 'zero'"),
     (["cifar_resnet_8", "--also", "everything"], "unknown --also 'everything'"),
 ])
-def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path):
-    assert message in _error([*argv, "--out", str(tmp_path / "run")], capsys)
+def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path, cli_error):
+    assert message in cli_error(main, [*argv, "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
 
 
-def test_existing_run_directory_refused(tmp_path, capsys):
+def test_existing_run_directory_refused(tmp_path, capsys, cli_error):
     args = ["cifar_resnet_8_4", "--dataset", "synthetic", "--limit", "64", "--test-limit", "64", "--batch-size", "32",
             "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as ok:
         main(args)
     assert ok.value.code == 0
     before = (tmp_path / "run" / "final.pt").read_bytes()
-    assert "exists; pass --resume" in _error(args, capsys)
-    assert "--lr 0.1 (recorded) vs 0.2 (now)" in _error([*args, "--resume", "--lr", "0.2"], capsys)
+    assert "exists; pass --resume" in cli_error(main, args)
+    assert "--lr 0.1 (recorded) vs 0.2 (now)" in cli_error(main, [*args, "--resume", "--lr", "0.2"])
     assert (tmp_path / "run" / "final.pt").read_bytes() == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
-    assert "not empty and holds no run" in _error([*args[:-1], str(tmp_path / "other"), "--overwrite"], capsys)
+    assert "not empty and holds no run" in cli_error(main, [*args[:-1], str(tmp_path / "other"), "--overwrite"])
     with pytest.raises(SystemExit) as again:
         main([*args, "--resume"])
     assert again.value.code == 0 and "already complete" in capsys.readouterr().out
 
 
-def test_any_registry_model_trains_in_all_mode_and_bn_modes_need_bn(tmp_path, capsys):
+def test_any_registry_model_trains_in_all_mode_and_bn_modes_need_bn(tmp_path, capsys, cli_error):
     out = train(Config(mode="all", out=str(tmp_path / "nf"), **{**TINY, "arch": "nf_resnet_8_4"}))
     init, final = load_checkpoint(out / "init.pt"), load_checkpoint(out / "final.pt")
     assert all(not torch.equal(a, b) for a, b in zip(init.model.parameters(), final.model.parameters()))
-    err = _error(["nf_resnet_8_4", "--mode", "bn", "--dataset", "synthetic", "--limit", "64", "--out", str(tmp_path / "x")], capsys)
+    err = cli_error(main, ["nf_resnet_8_4", "--mode", "bn", "--dataset", "synthetic", "--limit", "64", "--out", str(tmp_path / "x")])
     assert "has no BatchNorm" in err
 
 
@@ -227,7 +219,7 @@ def test_points_dataset_trains_without_augmentation(tmp_path):
     assert load_checkpoint(out / "final.pt").metrics["test_acc"] > 0.9  # four well separated blobs
 
 
-def test_skip_init_gain_sets_the_nf_skip_gain_and_is_recorded(tmp_path, capsys):
+def test_skip_init_gain_sets_the_nf_skip_gain_and_is_recorded(tmp_path, capsys, cli_error):
     out = train(Config(mode="all", out=str(tmp_path / "nf"), skip_init_gain=1.0, **{**TINY, "arch": "nf_resnet_8_4"}))
     init = load_checkpoint(out / "init.pt")
     gains = [v for k, v in init.model.state_dict().items() if k.endswith("skip_gain")]
@@ -235,8 +227,8 @@ def test_skip_init_gain_sets_the_nf_skip_gain_and_is_recorded(tmp_path, capsys):
     assert init.hparams["skip_init_gain"] == 1.0
     default = build_model("nf_resnet_8_4")
     assert all(float(v) == 0.0 for k, v in default.state_dict().items() if k.endswith("skip_gain"))
-    err = _error(["cifar_resnet_8_4", "--skip-init-gain", "1", "--dataset", "synthetic", "--out", str(tmp_path / "x")], capsys)
+    err = cli_error(main, ["cifar_resnet_8_4", "--skip-init-gain", "1", "--dataset", "synthetic", "--out", str(tmp_path / "x")])
     assert "cifar_resnet_8_4 does not use --skip-init-gain (it takes bn_init)" in err
-    err = _error(["nf_resnet_8_4", "--bn-init", "fixed", "--dataset", "synthetic", "--out", str(tmp_path / "x")], capsys)
+    err = cli_error(main, ["nf_resnet_8_4", "--bn-init", "fixed", "--dataset", "synthetic", "--out", str(tmp_path / "x")])
     assert "nf_resnet_8_4 does not use --bn-init (it takes skip_init_gain, dropout)" in err
     assert Config(arch="nf_resnet_8_4").bn_init is None and Config(arch="cifar_resnet_8").bn_init == "uniform"

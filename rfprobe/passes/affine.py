@@ -150,3 +150,21 @@ def checkpoint_affine(ckpt, what: str) -> BNAffine:
         return bn_affine(ckpt.model, what=what)
     except RfprobeError as e:
         raise RfprobeError(f"{ckpt.path}: {e}") from None
+
+
+def headline(ds: xr.Dataset) -> dict[str, dict]:
+    """The summary per checkpoint label (for the table and --json): layers, channels, pooled mean / std /
+    fraction negative of gamma and beta, and quantiles of |gamma|."""
+    q = {float(x): i for i, x in enumerate(ds["quantile"].values)}
+    summary = {}
+    for lab in ds["checkpoint"].values:
+        one = ds.sel(checkpoint=lab)
+        quantiles = one["pooled_abs_gamma_quantiles"].values
+        summary[str(lab)] = {
+            "n_layers": int(np.isfinite(np.asarray(one["n_channels"].values, float)).sum()),
+            "n_channels": int(one["pooled_n_channels"]),
+            **{k: float(one[f"pooled_{k}"]) for k in ("gamma_mean", "gamma_std", "gamma_frac_negative",
+                                                     "beta_mean", "beta_std", "beta_frac_negative")},
+            "abs_gamma_quantiles": {f"{x:g}": float(quantiles[i]) for x, i in q.items()},
+        }
+    return summary
