@@ -145,11 +145,16 @@ def _read_safetensors(path: Path) -> Any:
     return {**meta, "format": FORMAT, "state_dict": state, **({"masks": masks} if masks else {})}
 
 
-def _read(path: Path) -> Any:
+def check_file(path: Path) -> None:
+    """Refuse (one line) a checkpoint path that is missing or a directory, without reading it."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file (did you mean {path}/final.pt?)")
+
+
+def _read(path: Path) -> Any:
+    check_file(path)
     with open(path, "rb") as f:
         head = f.read(9)
     if _is_safetensors(head) or path.suffix == ".safetensors":

@@ -110,13 +110,10 @@ def labels_for(items, labels: list[str] | None, defaults: list[str] | None = Non
 
 def check_files(paths: list[Path]) -> None:
     """Every checkpoint path names an existing file (one line otherwise), checked before any is loaded."""
-    from rfprobe.errors import CheckpointError
+    from rfprobe.checkpoint import check_file
 
     for path in paths:
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such file")
-        if path.is_dir():
-            raise CheckpointError(f"{path}: is a directory, not a checkpoint file (did you mean {path}/final.pt?)")
+        check_file(Path(path))
 
 
 def check_positive(**options: int | None) -> None:
@@ -650,15 +647,14 @@ def signal(
     """Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block."""
     from rfprobe.checkpoint import label_of
     from rfprobe.data import resolve_device
-    from rfprobe.models import check_build_options
+    from rfprobe.models import check_bn_init
     from rfprobe.passes import signal as signal_pass
     from rfprobe.plots.signal import signal_figure
     from rfprobe.results import stack
 
     signal_pass.check_options(input_kind, batch)
     given = {k: v for k, v in (("bn_init", bn_init), ("skip_init_gain", skip_init_gain)) if v is not None}
-    if bn_init is not None:
-        check_build_options("cifar_resnet_8", {"bn_init": bn_init})
+    check_bn_init(bn_init)
     data_options = DataOptions(dataset, split, data_root, download, None, normalization, mean, std)
     if input_kind != "data" and data_options.override is not None:
         raise RfprobeError("--normalization / --mean / --std apply to --input data (Gaussian input is not normalised)")

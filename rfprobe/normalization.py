@@ -139,7 +139,7 @@ def resolve(checkpoint, dataset: str, override: Normalization | None = None) -> 
     if override is not None:
         return Resolved(override, "option")
     if checkpoint is not None:
-        recorded = from_meta(checkpoint.meta.get("normalization"))
+        recorded = checkpoint.normalization
         if recorded is not None:
             return Resolved(recorded, "checkpoint")
         if not checkpoint.bare and checkpoint.dataset.partition(":")[0] in DATASET_DEFAULTS:

@@ -61,8 +61,7 @@ def _lookup(name: str) -> tuple[Architecture, re.Match]:
 def init_openlth_(model: nn.Module, bn_init: str = "uniform") -> None:
     """OpenLTH's initialisation: kaiming-normal (fan_in, ReLU gain) conv/linear weights; BN per `bn_init`:
     uniform gamma~U[0,1], beta=0; fixed (1,0); oneone (1,1); positivenegative gamma~U[-1,1], beta=0."""
-    if bn_init not in BN_INITS:
-        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
+    check_bn_init(bn_init)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(module.weight)
@@ -89,8 +88,13 @@ def check_build_options(name: str, options: dict) -> None:
     if ignored:
         takes = f"it takes {', '.join(taken)}" if taken else "it takes no build options"
         raise RfprobeError(f"{name} does not use {', '.join('--' + o.replace('_', '-') for o in ignored)} ({takes})")
-    if options.get("bn_init", "uniform") not in BN_INITS:
-        raise RfprobeError(f"unknown --bn-init {options['bn_init']!r}; choose one of {', '.join(BN_INITS)}")
+    check_bn_init(options.get("bn_init"))
+
+
+def check_bn_init(bn_init: str | None) -> None:
+    """Refuse (one line) a `bn_init` that is not one of BN_INITS (None: not given)."""
+    if bn_init is not None and bn_init not in BN_INITS:
+        raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
 
 
 def build_model(name: str, num_classes: int = 10, *, seed: int | None = None, **options) -> nn.Module:
