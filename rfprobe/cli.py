@@ -6,20 +6,22 @@ Errors in the user's input print one line on stderr and exit with 2; anything el
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from rfprobe import __version__
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import ABLATE_FRACTIONS
+from rfprobe.options import Option, changed
+from rfprobe.passes import PASS_DATA, PASS_OPTIONS
 
 app = typer.Typer(
     name="rfprobe",
@@ -32,28 +34,83 @@ app = typer.Typer(
 )
 console = Console()
 
-# Options shared by the passes (docs/cli.md).
-CheckpointsArg = Annotated[list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt or .safetensors, or a bare state dict with --arch")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="architecture of a bare state dict, e.g. cifar_resnet_20, torchvision:resnet50")]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="classes of a bare state dict (default: rows of its last 2-D weight)")]
-LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="label per checkpoint (default: run name or file stem)")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs]")]
-DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)")]
-DownloadOpt = Annotated[bool, typer.Option("--download", help="download CIFAR through torchvision if missing (needs internet)")]
-SplitOpt = Annotated[str, typer.Option("--split", help="train or test")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="use the first N examples")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="examples per forward pass")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
-NormalizationOpt = Annotated[Optional[str], typer.Option(
-    "--normalization", help="input normalisation preset for every checkpoint: cifar10, cifar100, imagenet (OpenLTH's "
-                            "for CIFAR), kuangliu, half, synthetic, none (default: each checkpoint's recorded one, "
-                            "else the dataset's)")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="per-channel input mean instead of a preset, e.g. 0.485,0.456,0.406 (with --std)")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="zarr store to write (default results/<label>/<pass>.zarr)")]
-PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="also write a figure (.png, .pdf, .svg)")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out / --plot (only an rfprobe result store / a figure file)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout and nothing else")]
+# Options shared by the passes, declared once (rfprobe.options; each pass's own are in rfprobe.passes.PASS_OPTIONS).
+DATA_OPTIONS = (
+    Option("dataset", None, "cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs]", type=Optional[str]),
+    Option("data_root", None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)", type=Optional[Path]),
+    Option("download", False, "download CIFAR through torchvision if missing (needs internet)"),
+    Option("split", "test", "train or test"),
+    Option("limit", None, "use the first N examples", type=Optional[int]),
+    Option("batch_size", 500, "examples per forward pass"),
+    Option("normalization", None, "input normalisation preset for every checkpoint: cifar10, cifar100, imagenet "
+                                  "(OpenLTH's for CIFAR), kuangliu, half, synthetic, none (default: each checkpoint's "
+                                  "recorded one, else the dataset's)", type=Optional[str]),
+    Option("mean", None, "per-channel input mean instead of a preset, e.g. 0.485,0.456,0.406 (with --std)", type=Optional[str]),
+    Option("std", None, "per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)", type=Optional[str]),
+    Option("device", "auto", "auto, cpu or cuda"),
+)
+LOAD_OPTIONS = (
+    Option("arch", None, "architecture of a bare state dict, e.g. cifar_resnet_20, torchvision:resnet50", type=Optional[str]),
+    Option("num_classes", None, "classes of a bare state dict (default: rows of its last 2-D weight)", type=Optional[int]),
+    Option("label", None, "label per checkpoint (default: run name or file stem)", type=Optional[list[str]]),
+)
+OUTPUT_OPTIONS = (
+    Option("out", None, "zarr store to write (default results/<label>/<pass>.zarr)", type=Optional[Path]),
+    Option("plot", None, "also write a figure (.png, .pdf, .svg)", type=Optional[Path]),
+    Option("overwrite", False, "replace an existing --out / --plot (only an rfprobe result store / a figure file)"),
+    Option("json_out", False, "print one JSON object on stdout and nothing else", flags=("--json",)),
+)
+SHARED = {o.name: o for o in DATA_OPTIONS + LOAD_OPTIONS + OUTPUT_OPTIONS}
+
+
+def annotated(option: Option, prefix: str = ""):
+    """The typer annotation of an option (rfprobe.options), its flags prefixed with `prefix`."""
+    return Annotated[option.annotation, typer.Option(*option.spellings(prefix), help=option.help)]
+
+
+def parameter(option: Option, prefix: str = "") -> inspect.Parameter:
+    name = f"{prefix.replace('-', '_')}_{option.name}" if prefix else option.name
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                             annotation=annotated(option, prefix))
+
+
+CHECKPOINTS = inspect.Parameter("checkpoints", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+    list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt or .safetensors, or a bare state dict with --arch")])
+ArchOpt, NumClassesOpt, JsonOpt = (annotated(SHARED[n]) for n in ("arch", "num_classes", "json_out"))
+
+
+def data_options_of(pass_name: str) -> tuple[Option, ...]:
+    """The data options a pass takes, with its own defaults (rfprobe.passes.PASS_DATA)."""
+    own = PASS_DATA[pass_name]
+    if own is None:
+        return ()
+    taken = tuple(o for o in DATA_OPTIONS if o.name in own or o.name not in ("limit", "batch_size"))
+    changes = {name: {"default": value} for name, value in own.items()}
+    if own.get("dataset", "") is None:
+        changes["dataset"]["help"] = SHARED["dataset"].help + " (default: the checkpoint's own, else cifar10)"
+    return changed(taken, **changes)
+
+
+def pass_command(pass_name: str, argument: inspect.Parameter = CHECKPOINTS):
+    """Register `impl(o)` as the command `pass_name`: its parameters are the argument, the pass's own options,
+    its data options, the load and output options, all declared once; `o` holds their values by name."""
+    def register(impl):
+        def command(**values):
+            impl(SimpleNamespace(**values))
+
+        command.__signature__ = inspect.Signature(
+            [argument] + [parameter(o) for o in PASS_OPTIONS[pass_name] + data_options_of(pass_name)
+                          + LOAD_OPTIONS + OUTPUT_OPTIONS])
+        command.__doc__ = impl.__doc__
+        app.command(pass_name)(command)
+        return impl
+    return register
+
+
+def own_options(pass_name: str, o: SimpleNamespace, prefix: str = "") -> dict:
+    """The values of a pass's own options (PASS_OPTIONS) from a command's parsed values."""
+    key = f"{prefix}_" if prefix else ""
+    return {opt.name: getattr(o, key + opt.name) for opt in PASS_OPTIONS[pass_name]}
 
 
 def _version(value: bool) -> None:
@@ -88,10 +145,6 @@ def load_one(path: Path, arch: str | None = None, num_classes: int | None = None
     return ckpt
 
 
-def load_checkpoints(paths: list[Path], arch: str | None = None, num_classes: int | None = None, device="cpu"):
-    return [load_one(path, arch, num_classes, device) for path in paths]
-
-
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
@@ -123,30 +176,29 @@ def check_positive(**options: int | None) -> None:
             raise RfprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
-def prepare_outputs(pass_name: str, labels: list[str], out: Path | None, plot: Path | None, overwrite: bool):
-    """Resolve `--out` (default results/<label>/<pass>.zarr) and refuse outputs that cannot be written
-    (rfprobe.results.check_writable, rfprobe.plots.check_plot_path) *before* any work."""
-    from rfprobe.plots import check_plot_path
-    from rfprobe.results import check_writable, default_output
+def run_pass(pass_name: str, labels: list[str], measure, *, out: Path | None, plot: Path | None, overwrite: bool,
+             json_out: bool, files=()) -> None:
+    """The skeleton every pass command calls once its options are validated: check the outputs (`--out`,
+    default results/<label>/<pass>.zarr, and `--plot`) and the checkpoint `files` before any work, then
+    `measure()` (load and run one checkpoint at a time, stack), save atomically, print the pass's tables
+    (rfprobe.report_tables) or its `--json` object, and what was written."""
+    from rfprobe.plots import check_plot_path, figure, save_figure
+    from rfprobe.report_tables import json_report, tables
+    from rfprobe.results import check_writable, default_output, save_result
 
     path = check_writable(out or default_output(pass_name, labels), overwrite)
     if plot is not None:
         check_plot_path(plot, overwrite)
-    return path, plot
-
-
-def write_outputs(ds, path: Path, plot: Path | None, draw, overwrite: bool) -> dict:
-    """Save the Dataset (atomically) and, with `--plot`, the figure `draw(ds)`; return what was written."""
-    from rfprobe.plots import save_figure
-    from rfprobe.results import save_result
-
+    check_files(files)
+    ds = measure()
     written = {"result": str(save_result(ds, path, overwrite=overwrite))}
     if plot is not None:
-        written["plot"] = str(save_figure(draw(ds), plot, overwrite=overwrite))
-    return written
-
-
-def report_written(written: dict) -> None:
+        written["plot"] = str(save_figure(figure(ds), plot, overwrite=overwrite))
+    if json_out:
+        print_json(json_report(ds, written))
+        return
+    for table in tables(ds):
+        console.print(table)
     for kind, where in written.items():
         console.print(f"{kind}: {where}", highlight=False)
 
@@ -160,7 +212,13 @@ def warn_dataset_mismatch(checkpoint, data) -> None:
 
 
 class DataOptions:
-    """The data options of a pass, validated at once (before anything is loaded); `load` reads the data."""
+    """The data options of a pass, validated at once (before anything is loaded); `load` reads the data.
+    `DataOptions.of(o)` takes them from a command's parsed values."""
+
+    @classmethod
+    def of(cls, o: SimpleNamespace) -> "DataOptions":
+        check_positive(batch_size=getattr(o, "batch_size", None))
+        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean, o.std)
 
     def __init__(self, dataset: str | None, split: str, data_root: Path | None, download: bool, limit: int | None,
                  normalization: str | None, mean: str | None, std: str | None):
@@ -211,30 +269,14 @@ def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: 
         yield ckpt, data_options.for_checkpoint(ckpt, data)
 
 
-def _pct(fraction: float) -> str:
-    return f"{100 * fraction:.1f}%"
+def measure_each(checkpoints: list[Path], labels: list[str], run_one, *, arch, num_classes, device,
+                 data_options: DataOptions | None = None, default_dataset=lambda ckpt: None, description: str = "",
+                 progress: bool = False):
+    """`run_one(checkpoint, data)` for each checkpoint in turn (`each_checkpoint`), stacked on `checkpoint`."""
+    from rfprobe.results import stack
 
-
-def _cell(value) -> str:
-    """A table cell: `-` for None, text and integers as they are, other numbers to 4 significant digits."""
-    if value is None:
-        return "-"
-    if isinstance(value, (str, bool, int, np.integer)):
-        return str(value)
-    return f"{value:.4g}"
-
-
-def checkpoint_table(title: str, summary: dict[str, dict], rows) -> Table:
-    """A table with one column per checkpoint; `rows` are (name, cell) pairs, cell(one summary) -> str."""
-    from rich import box
-
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    table.add_column("")
-    for lab in summary:
-        table.add_column(lab, justify="right")
-    for name, cell in rows:
-        table.add_row(name, *[cell(one) for one in summary.values()])
-    return table
+    return stack([run_one(c, data) for c, data in each_checkpoint(
+        checkpoints, arch, num_classes, device, data_options, default_dataset, description, progress)], labels)
 
 
 # ---------------------------------------------------------------- info, export
@@ -351,241 +393,75 @@ def export(
         console.print(f"left out (training state, not part of the model): {', '.join(left_out)}", highlight=False)
 
 
-# ---------------------------------------------------------------- affine, dead (data-free)
+# ---------------------------------------------------------------- the passes
 
 
-@app.command()
-def affine(
-    checkpoints: CheckpointsArg,
-    bins: Annotated[int, typer.Option("--bins", help="histogram bins (edges shared by all checkpoints)")] = 60,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    label: LabelOpt = None,
-    out: OutOpt = None,
-    plot: PlotOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+def _outputs(o: SimpleNamespace) -> dict:
+    return {"out": o.out, "plot": o.plot, "overwrite": o.overwrite, "json_out": o.json_out}
+
+
+@pass_command("affine")
+def affine(o: SimpleNamespace) -> None:
     """Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries."""
     from rfprobe.passes import affine as affine_pass
-    from rfprobe.plots.affine import affine_figure
 
-    affine_pass.shared_edges([], bins)  # validates --bins before any work
-    labels = labels_for(checkpoints, label)
-    path, plot = prepare_outputs("affine", labels, out, plot, overwrite)
-    check_files(checkpoints)
-    ds = affine_pass.run_checkpoints(load_checkpoints(checkpoints, arch, num_classes), labels, bins=bins)
-    written = write_outputs(ds, path, plot, affine_figure, overwrite)
-    summary = affine_pass.headline(ds)
-    if json_out:
-        print_json({"pass": "affine", "checkpoints": summary, "written": written})
-        return
-    rows = [("BN layers", lambda s: str(s["n_layers"])), ("channels", lambda s: str(s["n_channels"])),
-            ("gamma mean", lambda s: f"{s['gamma_mean']:.4g}"), ("gamma std", lambda s: f"{s['gamma_std']:.4g}"),
-            ("gamma < 0", lambda s: _pct(s["gamma_frac_negative"])),
-            *[(f"|gamma| q{k}", lambda s, k=k: f"{s['abs_gamma_quantiles'][k]:.3g}") for k in ("0", "0.05", "0.5", "0.95", "1")],
-            ("beta mean", lambda s: f"{s['beta_mean']:.4g}"), ("beta std", lambda s: f"{s['beta_std']:.4g}"),
-            ("beta < 0", lambda s: _pct(s["beta_frac_negative"]))]
-    console.print(checkpoint_table("BatchNorm gamma / beta, pooled over all BN channels", summary, rows))
-    report_written(written)
+    options = affine_pass.validate(own_options("affine", o))
+    labels = labels_for(o.checkpoints, o.label)
+    run_pass("affine", labels, lambda: affine_pass.run_checkpoints(
+        (load_one(p, o.arch, o.num_classes) for p in o.checkpoints), labels, bins=options["bins"], command=sys.argv),
+        files=o.checkpoints, **_outputs(o))
 
 
-@app.command()
-def dead(
-    checkpoints: CheckpointsArg,
-    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="|gamma| threshold, repeatable (default 1e-3 1e-2 5e-2 0.1)")] = None,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    label: LabelOpt = None,
-    out: OutOpt = None,
-    plot: PlotOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+@pass_command("dead")
+def dead(o: SimpleNamespace) -> None:
     """Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN feeding a ReLU)."""
-    from rfprobe.passes import dead as dead_pass
-    from rfprobe.plots.dead import dead_figure
-
-    thresholds = dead_pass.check_thresholds(threshold)
-    labels = labels_for(checkpoints, label)
-    path, plot = prepare_outputs("dead", labels, out, plot, overwrite)
-    check_files(checkpoints)
-    ds = dead_pass.run_checkpoints(load_checkpoints(checkpoints, arch, num_classes), labels, thresholds=thresholds)
-    written = write_outputs(ds, path, plot, dead_figure, overwrite)
-    if json_out:
-        print_json({"pass": "dead", "thresholds": [float(t) for t in thresholds],
-                    "checkpoints": dead_pass.headline(ds), "written": written})
-        return
-    from rich import box
-
-    pool_names = {"all": "all", "no_shortcut": "no shortcut", "relu": "relu"}
-    for lab in ds["checkpoint"].values:
-        one = ds.sel(checkpoint=lab)
-        layers = one.isel(layer=np.flatnonzero(np.isfinite(np.asarray(one["n_channels"].values, float))))
-        table = Table(title=f"{lab}: dead (|gamma| < t) / off (also beta <= 0, BN feeding a ReLU)",
-                      caption="cells dead/off: % of the pool's channels on pooled lines, channel counts on layer lines",
-                      box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
-        table.add_column("layer", no_wrap=True)
-        table.add_column("role/pool", no_wrap=True)
-        table.add_column("ch", justify="right")
-        for t in thresholds:
-            table.add_column(f"t={t:g}", justify="right")
-        for pool, name in pool_names.items():
-            p = one.sel(pool=pool)
-            table.add_row("pooled", name, str(int(p["pooled_n_channels"])),
-                          *[f"{100 * d:.1f}/{100 * o:.1f}" for d, o in zip(p["pooled_frac_dead"].values, p["pooled_frac_off"].values)],
-                          style="bold", end_section=pool == "relu")
-        for i in range(layers.sizes["layer"]):
-            row = layers.isel(layer=i)
-            table.add_row(str(row["layer"].values), str(row["role"].values), str(int(row["n_channels"])),
-                          *[f"{int(d)}/{int(o)}" for d, o in zip(row["n_dead"].values, row["n_off"].values)])
-        console.print(table)
-    report_written(written)
+    each_checkpoint_pass("dead", o)
 
 
-# ---------------------------------------------------------------- sparsity, ablate (data passes)
-
-
-@app.command()
-def sparsity(
-    checkpoints: CheckpointsArg,
-    dataset: DatasetOpt = "cifar10",
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    split: SplitOpt = "test",
-    limit: LimitOpt = None,
-    batch_size: BatchSizeOpt = 500,
-    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="|gamma| threshold for the small-gamma join, repeatable (default 1e-3 1e-2 5e-2 0.1)")] = None,
-    bins: Annotated[int, typer.Option("--bins", help="bins of the per-example histogram on [0, 1]")] = 20,
-    normalization: NormalizationOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    device: DeviceOpt = "auto",
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    label: LabelOpt = None,
-    out: OutOpt = None,
-    plot: PlotOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+@pass_command("sparsity")
+def sparsity(o: SimpleNamespace) -> None:
     """Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero channels), joined with small |gamma|."""
-    from rfprobe.data import resolve_device
-    from rfprobe.passes import sparsity as sparsity_pass
-    from rfprobe.plots.sparsity import sparsity_figure
-    from rfprobe.results import stack
-
-    thresholds = sparsity_pass.check_options(threshold, bins)
-    data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
-    check_positive(batch_size=batch_size)
-    dev = resolve_device(device)
-    labels = labels_for(checkpoints, label)
-    path, plot = prepare_outputs("sparsity", labels, out, plot, overwrite)
-    check_files(checkpoints)
-    results = []
-    for c, data in each_checkpoint(checkpoints, arch, num_classes, dev, data_options):
-        results.append(sparsity_pass.run(c.model, data, batch_size=batch_size, device=dev, thresholds=thresholds,
-                                         bins=bins, checkpoint=c, command=sys.argv, progress=not json_out))
-    ds = stack(results, labels)
-    written = write_outputs(ds, path, plot, sparsity_figure, overwrite)
-    summary = sparsity_pass.headline(ds)
-    if json_out:
-        print_json({"pass": "sparsity", "dataset": data.name, "split": data.split, "n_examples": len(data),
-                    "normalization": ds.attrs["normalization"],
-                    "checkpoints": summary, "written": written})
-        return
-    rows = [("accuracy", lambda s: _pct(s["accuracy"])),
-            ("ReLU outputs = 0", lambda s: _pct(s["zero_fraction"])),
-            ("dead channels", lambda s: f"{s['dead']} / {s['channels']} ({_pct(s['dead_fraction'])})"),
-            ("  of them at BN sites", lambda s: str(s["bn_dead"])),
-            *[(f"  dead & |gamma| < {t}", lambda s, t=t: f"{s['dead_small_gamma'][t]} / {s['small_gamma'][t]} small")
-              for t in next(iter(summary.values()))["small_gamma"]],
-            ("entirely-0 channels / example", lambda s: _pct(s["example_zero_channel_fraction"]))]
-    console.print(checkpoint_table(f"activation sparsity: {data.name} {data.split}, {len(data)} examples", summary, rows))
-    report_written(written)
+    each_checkpoint_pass("sparsity", o)
 
 
-@app.command()
-def ablate(
-    checkpoints: CheckpointsArg,
-    dataset: DatasetOpt = "cifar10",
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    split: SplitOpt = "test",
-    limit: LimitOpt = None,
-    batch_size: BatchSizeOpt = 500,
-    prune_below: Annotated[float, typer.Option("--prune-below", help="prune channels with |gamma| below this")] = 0.01,
-    keep_beta: Annotated[bool, typer.Option("--keep-beta", help="pruning sets gamma=0 but keeps beta (default: both 0)")] = False,
-    seeds: Annotated[int, typer.Option("--seeds", help="random-control draws (seeds 0..N-1)")] = 3,
-    fractions: Annotated[str, typer.Option("--fractions", help="comma-separated fractions of eligible channels for the smallest-|gamma| curve ('' for none)")] = ",".join(f"{f:g}" for f in ABLATE_FRACTIONS),
-    reenable_pruned: Annotated[bool, typer.Option("--reenable-pruned", help="also restore gamma of the channels below --prune-below")] = False,
-    reenable_value: Annotated[str, typer.Option("--reenable-value", help="init (init.pt beside the checkpoint, else median), median (of the layer's live |gamma|), one")] = "init",
-    eligible: Annotated[str, typer.Option("--eligible", help="BNs whose channels may be pruned: all, no-shortcut, relu")] = "all",
-    normalization: NormalizationOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    device: DeviceOpt = "auto",
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    label: LabelOpt = None,
-    out: OutOpt = None,
-    plot: PlotOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+@pass_command("ablate")
+def ablate(o: SimpleNamespace) -> None:
     """Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a pruning curve, re-enabling."""
-    from rfprobe.data import resolve_device
-    from rfprobe.passes import ablate as ablate_pass
-    from rfprobe.plots.ablate import ablate_figure
-    from rfprobe.results import stack
+    each_checkpoint_pass("ablate", o)
 
-    curve = ablate_pass.check_options(prune_below, seeds, fractions, eligible, reenable_value)
-    data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
-    check_positive(batch_size=batch_size)
-    dev = resolve_device(device)
-    labels = labels_for(checkpoints, label)
-    path, plot = prepare_outputs("ablate", labels, out, plot, overwrite)
-    check_files(checkpoints)
-    results = []
-    for c, data in each_checkpoint(checkpoints, arch, num_classes, dev, data_options):
-        init = None
-        if reenable_pruned and reenable_value == "init" and (c.path.parent / "init.pt").exists():
-            init = load_one(c.path.parent / "init.pt", arch, num_classes, device=dev)
-        results.append(ablate_pass.run(
-            c.model, data, prune_below=prune_below, keep_beta=keep_beta, seeds=seeds, fractions=curve,
-            reenable=reenable_pruned, reenable_value=reenable_value, init_model=init.model if init else None,
-            eligible=eligible, batch_size=batch_size, device=dev, checkpoint=c, init_checkpoint=init,
-            command=sys.argv, progress=not json_out))
-    ds = stack(results, labels)
-    written = write_outputs(ds, path, plot, ablate_figure, overwrite)
-    summary = ablate_pass.headline(ds)
-    if json_out:
-        print_json({"pass": "ablate", "dataset": data.name, "split": data.split, "n_examples": len(data),
-                    "normalization": ds.attrs["normalization"],
-                    "prune_below": prune_below, "prune_operation": ds.attrs["prune_operation"],
-                    "eligible_bns": eligible, "checkpoints": summary, "written": written})
-        return
-    from rich import box
 
-    for lab, s in summary.items():
-        table = Table(title=f"{lab}: {s['n_pruned']} of {s['n_eligible']} eligible channels have |gamma| < {prune_below:g} "
-                            f"({_pct(s['pruned_fraction'])}; {ds.attrs['prune_operation']}; BNs: {eligible})",
-                      box=box.SIMPLE_HEAD)
-        for column in ("variant", "channels", "accuracy", "loss"):
-            table.add_column(column, justify="left" if column == "variant" else "right")
-        for variant, v in s["variants"].items():
-            spread = f" ± {100 * v['accuracy_std']:.1f}" if v["n_seeds"] > 1 else ""
-            table.add_row(variant, str(v["n_changed"]), f"{_pct(v['accuracy'])}{spread}", f"{v['loss']:.4f}")
-        console.print(table)
-        if s["curve"]:
-            curve_table = Table(title=f"{lab}: pruning the smallest-|gamma| fraction vs random", box=box.SIMPLE_HEAD)
-            for column in ("fraction", "channels", "smallest", "random (mean)"):
-                curve_table.add_column(column, justify="right")
-            for point in s["curve"]:
-                curve_table.add_row(f"{point['fraction']:g}", str(point["n_pruned"]), _pct(point["smallest"]),
-                                    _pct(point["random"]))
-            console.print(curve_table)
-    report_written(written)
+@pass_command("partition")
+def partition(o: SimpleNamespace) -> None:
+    """Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer
+    distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode)."""
+    each_checkpoint_pass("partition", o, description="partition")
+
+
+def each_checkpoint_pass(pass_name: str, o: SimpleNamespace, description: str = "") -> None:
+    """A pass run by its `run_checkpoint` on each checkpoint in turn: validate its options and the data
+    options, then the skeleton (`run_pass`)."""
+    import importlib
+
+    from rfprobe.data import DATASETS, resolve_device
+
+    module = importlib.import_module(f"rfprobe.passes.{pass_name}")
+    reads_data = PASS_DATA[pass_name] is not None
+    data_options = DataOptions.of(o) if reads_data else None
+    n_points = {"n_points": o.limit} if pass_name == "partition" else {}
+    options = module.validate(own_options(pass_name, o), **n_points)
+    dev = resolve_device(o.device) if reads_data else "cpu"
+    labels = labels_for(o.checkpoints, o.label)
+    run = {"command": sys.argv}
+    if reads_data:
+        run.update(batch_size=o.batch_size, device=dev, progress=not o.json_out)
+    if pass_name == "ablate":
+        run["load"] = lambda path: load_one(path, o.arch, o.num_classes, device=dev)
+    run_pass(pass_name, labels, lambda: measure_each(
+        o.checkpoints, labels, lambda c, data: module.run_checkpoint(c, data, options, **run),
+        arch=o.arch, num_classes=o.num_classes, device=dev, data_options=data_options,
+        default_dataset=lambda c: c.dataset if c.dataset in DATASETS else "cifar10", description=description,
+        progress=reads_data and not o.json_out),
+        files=o.checkpoints, **_outputs(o))
 
 
 # ---------------------------------------------------------------- signal (signal propagation plots)
@@ -617,161 +493,52 @@ def _signal_subject(arg: str, options: dict | None, arch, num_classes, device, s
     return None, build_model(arg, num_classes or 10, seed=seed, **options).to(device)
 
 
-@app.command()
-def signal(
-    models: Annotated[list[str], typer.Argument(help="checkpoint file(s) and/or architecture name(s) for a fresh "
-                                                     "init (an existing file is a checkpoint), e.g. nf_resnet_110")],
-    input_kind: Annotated[str, typer.Option("--input", help="gaussian (unit Gaussian noise) or data (a random batch of --dataset)")] = "gaussian",
-    batch: Annotated[int, typer.Option("--batch", "--batch-size", help="examples in the one batch measured")] = 256,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the input batch and of fresh inits")] = 0,
-    batch_stats: Annotated[bool, typer.Option("--batch-stats", help="BN normalises with the batch's statistics also for "
-                                                                    "trained checkpoints (always for fresh inits and epoch-0 checkpoints)")] = False,
-    bn_init: Annotated[Optional[str], typer.Option("--bn-init", help="BN init of fresh inits that have one (not nf_*): uniform (OpenLTH's default), fixed (gamma 1, as the paper), oneone, positivenegative")] = None,
-    skip_init_gain: Annotated[Optional[float], typer.Option("--skip-init-gain", help="skip gain of fresh nf_* inits (default 0, SkipInit; 1 shows the paper's SPPs)")] = None,
-    dataset: DatasetOpt = "synthetic",
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    split: SplitOpt = "test",
-    normalization: NormalizationOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    device: DeviceOpt = "auto",
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    label: LabelOpt = None,
-    out: OutOpt = None,
-    plot: PlotOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
+MODELS = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+    list[str], typer.Argument(help="checkpoint file(s) and/or architecture name(s) for a fresh init (an existing "
+                                   "file is a checkpoint), e.g. nf_resnet_110")])
+
+
+@pass_command("signal", argument=MODELS)
+def signal(o: SimpleNamespace) -> None:
     """Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block."""
     from rfprobe.checkpoint import label_of
     from rfprobe.data import resolve_device
-    from rfprobe.models import check_bn_init
     from rfprobe.passes import signal as signal_pass
-    from rfprobe.plots.signal import signal_figure
     from rfprobe.results import stack
 
-    signal_pass.check_options(input_kind, batch)
-    given = {k: v for k, v in (("bn_init", bn_init), ("skip_init_gain", skip_init_gain)) if v is not None}
-    check_bn_init(bn_init)
-    data_options = DataOptions(dataset, split, data_root, download, None, normalization, mean, std)
+    options = signal_pass.validate(own_options("signal", o))
+    input_kind, batch, seed = options["input_kind"], options["batch"], options["seed"]
+    given = {k: options[k] for k in ("bn_init", "skip_init_gain") if options[k] is not None}
+    data_options = DataOptions.of(o)
     if input_kind != "data" and data_options.override is not None:
         raise RfprobeError("--normalization / --mean / --std apply to --input data (Gaussian input is not normalised)")
-    build_options = [_fresh_options(a, given) for a in models]
+    build_options = [_fresh_options(a, given) for a in o.models]
     for name in given:
-        if not any(o is not None and name in o for o in build_options):
+        if not any(b is not None and name in b for b in build_options):
             raise RfprobeError(f"--{name.replace('_', '-')} sets an option of fresh inits; no architecture argument "
                                f"takes it (--bn-init: OpenLTH-style BN models; --skip-init-gain: nf_* models)")
-    dev = resolve_device(device)
-    labels = labels_for(models, label, defaults=[label_of(a) if Path(a).exists() else a for a in models], what="model")
-    path, plot = prepare_outputs("signal", labels, out, plot, overwrite)
-    batch_data = (signal_pass.data_input(dataset, batch, seed, split=split, root=data_root, download=download)
-                  if input_kind == "data" else None)
-    results = []
-    for arg, options in zip(models, build_options):
-        ckpt, model = _signal_subject(arg, options, arch, num_classes, dev, seed)
-        if batch_data is not None:
-            x = data_options.for_checkpoint(ckpt, batch_data)
-        else:
-            x = signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed).to(dev)
-        at_init = ckpt is None or ckpt.epoch == 0
-        init = {} if ckpt is not None else {"init_seed": seed, "bn_init": options.get("bn_init", ""),
-                                            "skip_init_gain": options.get("skip_init_gain", "")}
-        results.append(signal_pass.run(model, x, batch_stats=batch_stats or at_init, checkpoint=ckpt,
-                                       input_kind=input_kind, split=split, seed=seed, command=sys.argv, **init))
-    ds = stack(results, labels)
-    written = write_outputs(ds, path, plot, signal_figure, overwrite)
-    summary = signal_pass.headline(ds)
-    if json_out:
-        print_json({"pass": "signal", "input": input_kind, "n_examples": int(ds.attrs["n_examples"]),
-                    "checkpoints": summary, "written": written})
-        return
-    rows = [("residual blocks", "blocks"), ("BN statistics", "bn_statistics"), ("variance: stem", "variance_stem"),
-            ("variance: last block", "variance_last"), ("variance: max", "variance_max"),
-            ("squared mean: max", "squared_mean_max"), ("residual variance: mean", "residual_variance_mean"),
-            ("expected variance: last", "expected_variance_last")]
-    title = f"signal propagation (block 0 = stem), {input_kind} input, batch {ds.attrs['n_examples']}"
-    console.print(checkpoint_table(title, summary, [(name, lambda s, k=key: _cell(s[k])) for name, key in rows]))
-    report_written(written)
+    dev = resolve_device(o.device)
+    labels = labels_for(o.models, o.label, defaults=[label_of(a) if Path(a).exists() else a for a in o.models],
+                        what="model")
 
+    def measure():
+        batch_data = (signal_pass.data_input(o.dataset, batch, seed, split=o.split, root=o.data_root,
+                                             download=o.download) if input_kind == "data" else None)
+        results = []
+        for arg, build in zip(o.models, build_options):
+            ckpt, model = _signal_subject(arg, build, o.arch, o.num_classes, dev, seed)
+            if batch_data is not None:
+                x = data_options.for_checkpoint(ckpt, batch_data)
+            else:
+                x = signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed).to(dev)
+            at_init = ckpt is None or ckpt.epoch == 0
+            init = {} if ckpt is not None else {"init_seed": seed, "bn_init": build.get("bn_init", ""),
+                                                "skip_init_gain": build.get("skip_init_gain", "")}
+            results.append(signal_pass.run(model, x, batch_stats=options["batch_stats"] or at_init, checkpoint=ckpt,
+                                           input_kind=input_kind, split=o.split, seed=seed, command=sys.argv, **init))
+        return stack(results, labels)
 
-# ---------------------------------------------------------------- partition (exact linear regions)
-
-
-@app.command()
-def partition(
-    checkpoints: CheckpointsArg,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs] (default: the checkpoint's own, else cifar10)")] = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    split: SplitOpt = "test",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="use the first N examples (every statistic runs on these)")] = 256,
-    batch_size: BatchSizeOpt = 64,
-    recalibrate_bn: Annotated[bool, typer.Option("--recalibrate-bn", help="first set every BN's running mean/var to the exact statistics of the data (on a copy)")] = False,
-    segments: Annotated[int, typer.Option("--segments", help="segments walked per kind (train-train, point-noise, radius); 0 skips")] = 16,
-    kinds: Annotated[str, typer.Option("--kinds", help="segment kinds to walk, comma-separated (train-train segments through a CIFAR ResNet cross ~1e5 regions: slow on a CPU)")] = "train-train,point-noise,radius",
-    radius: Annotated[float, typer.Option("--radius", help="length of the random-direction segments, in normalised input units")] = 1.0,
-    max_breakpoints: Annotated[int, typer.Option("--max-breakpoints", help="stop walking a segment after this many breakpoints (recorded in segment_complete)")] = 100_000,
-    exact_points: Annotated[int, typer.Option("--exact-points", help="points with the exact nearest-boundary distance (one JVP per input dim each); 0 skips")] = 2,
-    probes: Annotated[int, typer.Option("--probes", help="Hutchinson directions per point for the distance on all points; 0 skips")] = 64,
-    lc_points: Annotated[int, typer.Option("--lc-points", help="points with the local complexity (40 vertices at radius 0.005); 0 skips")] = 32,
-    jitter_batches: Annotated[int, typer.Option("--jitter-batches", help="mini-batches for the BN jitter of boundary offsets; 0 skips")] = 16,
-    jitter_batch_size: Annotated[int, typer.Option("--jitter-batch-size", help="mini-batch size B of the jitter")] = 16,
-    slice_plane: Annotated[bool, typer.Option("--slice/--no-slice", help="exact 2-D slice (input plane for 2-D data, else the plane through 3 points)")] = True,
-    slice_max_regions: Annotated[int, typer.Option("--slice-max-regions", help="stop enumerating the slice after this many regions")] = 2000,
-    slice_resolution: Annotated[int, typer.Option("--slice-resolution", help="raster side of the drawn slice")] = 128,
-    seed: Annotated[int, typer.Option("--seed", help="seed of segments, probes, directions and batches")] = 0,
-    normalization: NormalizationOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    device: DeviceOpt = "auto",
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    label: LabelOpt = None,
-    out: OutOpt = None,
-    plot: PlotOpt = None,
-    overwrite: OverwriteOpt = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer
-    distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode)."""
-    from rfprobe.data import DATASETS, resolve_device
-    from rfprobe.passes import partition as partition_pass
-    from rfprobe.plots.partition import partition_figure
-    from rfprobe.results import stack
-
-    data_options = DataOptions(dataset, split, data_root, download, limit, normalization, mean, std)
-    segment_kinds = partition_pass.check_options(
-        segments, kinds, radius, max_breakpoints, exact_points, probes, lc_points, jitter_batches, jitter_batch_size,
-        slice_resolution, slice_max_regions, n_points=limit)
-    check_positive(batch_size=batch_size)
-    dev = resolve_device(device)
-    labels = labels_for(checkpoints, label)
-    path, plot = prepare_outputs("partition", labels, out, plot, overwrite)
-    check_files(checkpoints)
-    results = []
-    for c, data in each_checkpoint(checkpoints, arch, num_classes, dev, data_options,
-                                   default_dataset=lambda c: c.dataset if c.dataset in DATASETS else "cifar10",
-                                   description="partition", progress=not json_out):
-        results.append(partition_pass.run(
-            c.model, data, checkpoint=c, segments_per_kind=segments, segment_kinds=segment_kinds, radius=radius,
-            max_breakpoints=max_breakpoints, exact_points=exact_points,
-            probes=probes, lc_points=lc_points, jitter_batches=jitter_batches, jitter_batch_size=jitter_batch_size,
-            slice_plane=slice_plane, slice_max_regions=slice_max_regions, slice_resolution=slice_resolution,
-            recalibrate=recalibrate_bn, batch_size=batch_size, device=dev, seed=seed, command=sys.argv))
-    ds = stack(results, labels)
-    written = write_outputs(ds, path, plot, partition_figure, overwrite)
-    summary = partition_pass.headline(ds)
-    if json_out:
-        print_json({"pass": "partition", "dataset": data.name, "split": data.split, "n_examples": len(data),
-                    "normalization": ds.attrs["normalization"],
-                    "recalibrate_bn": recalibrate_bn, "checkpoints": summary, "written": written})
-        return
-    title = f"linear regions: {data.name} {data.split}, {len(data)} points{', BN recalibrated on them' if recalibrate_bn else ''}"
-    keys = dict.fromkeys(k for row in summary.values() for k in row)
-    console.print(checkpoint_table(title, summary, [(k.replace("_", " "), lambda s, k=k: _cell(s.get(k))) for k in keys]))
-    report_written(written)
+    run_pass("signal", labels, measure, **_outputs(o))
 
 
 # ---------------------------------------------------------------- entry point

@@ -19,6 +19,9 @@ def main(a: str, b: str) -> int:
         return 1
     for store in stores:
         other = Path(b) / store.relative_to(a)
+        if not other.exists():
+            print(f"{store.relative_to(a)}: missing under {b}", file=sys.stderr)
+            return 1
         left, right = (xr.open_zarr(p).load().drop_vars("checkpoint_sha256", errors="ignore") for p in (store, other))
         try:
             xr.testing.assert_identical(left.drop_attrs(), right.drop_attrs())

@@ -203,13 +203,13 @@ class _PlainHiddenLayer(nn.Module):
 @register(r"mlp_(\d+)x(\d+)_nobn", "mlp_DxW_nobn",
           "mlp_DxW without BN: Linear(with bias)-ReLU layers; kaiming-normal weights, PyTorch's default "
           "U(+-1/sqrt(fan_in)) biases", input_shape=lambda m, options: (options.get("in_features", 2),),
-          options=("bn_init", "in_features"))
-def _mlp_nobn(m, num_classes, bn_init="uniform", in_features=2):
+          options=("in_features",))
+def _mlp_nobn(m, num_classes, in_features=2):
     from rfprobe.models.mlp import MLP
 
     depth, width = int(m.group(1)), int(m.group(2))
     model = MLP(depth, width, num_classes, in_features)
     sizes = [in_features] + [width] * depth
     model.layers = nn.Sequential(*[_PlainHiddenLayer(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
-    init_openlth_(model, bn_init)
+    init_openlth_(model)
     return model

@@ -40,7 +40,8 @@ import xarray as xr
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import ABLATE_FRACTIONS
+from rfprobe.options import defaults
+from rfprobe.passes import ABLATE_FRACTIONS, PASS_DATA, PASS_OPTIONS
 from rfprobe.progress import track
 from rfprobe.results import layer_coords, provenance
 from rfprobe.sites import BNSite, find_sites
@@ -332,3 +333,30 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
         out[str(label)] = {"n_eligible": int(one["n_eligible"]), "n_pruned": int(one["n_changed"].sel(variant="pruned")),
                            "pruned_fraction": float(one["pruned_fraction"]), "variants": variants, "curve": curve}
     return out
+
+
+OPTIONS = PASS_OPTIONS["ablate"]
+DATA = PASS_DATA["ablate"]
+
+
+def validate(options: dict) -> dict:
+    fractions = check_options(options["prune_below"], options["seeds"], options["fractions"], options["eligible"],
+                              options["reenable_value"])
+    return {**options, "fractions": fractions}
+
+
+def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch_size: int = 500, device="cpu",
+            command=None, progress: bool = False, load=None) -> xr.Dataset:
+    """`run` on one checkpoint; re-enabling to `init` reads `init.pt` beside it when there is one (through
+    `load(path)`, default rfprobe.checkpoint.load_checkpoint)."""
+    from rfprobe.checkpoint import load_checkpoint
+
+    o = validate({**defaults(OPTIONS), **(options or {})})
+    init_path = checkpoint.path.parent / "init.pt"
+    init = None
+    if o["reenable_pruned"] and o["reenable_value"] == "init" and init_path.exists():
+        init = (load or (lambda p: load_checkpoint(p, device=device)))(init_path)
+    return run(checkpoint.model, data, prune_below=o["prune_below"], keep_beta=o["keep_beta"], seeds=o["seeds"],
+               fractions=o["fractions"], reenable=o["reenable_pruned"], reenable_value=o["reenable_value"],
+               init_model=init.model if init else None, eligible=o["eligible"], batch_size=batch_size,
+               device=device, checkpoint=checkpoint, init_checkpoint=init, command=command, progress=progress)

@@ -18,20 +18,21 @@ A BN without affine parameters (`affine=False`) computes gamma = 1, beta = 0 and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch.nn as nn
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import MAX_BINS
+from rfprobe.options import defaults
+from rfprobe.passes import AFFINE_BINS, MAX_BINS, PASS_DATA, PASS_OPTIONS
 from rfprobe.results import layer_coords, nan_padded, provenance, stack
 from rfprobe.sites import BN_TYPES, BNSite, find_sites
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-DEFAULT_BINS = 60
+DEFAULT_BINS = AFFINE_BINS
 AFFINE_DEFINITION = ("gamma = BN weight, beta = BN bias, eval-mode BN y = gamma * (x - running_mean) / "
                      "sqrt(running_var + eps) + beta; BN without affine parameters: gamma = 1, beta = 0")
 
@@ -75,8 +76,7 @@ def bn_affine(model: nn.Module, sites=None, what: str = "this pass") -> BNAffine
 def shared_edges(arrays: Sequence[np.ndarray], bins: int) -> np.ndarray:
     """`bins + 1` equal-width edges spanning the finite values of all `arrays` (a degenerate range is
     widened to +-0.5 around its value; no finite values at all gives [-1, 1])."""
-    if not 1 <= bins <= MAX_BINS:
-        raise RfprobeError(f"--bins must be between 1 and {MAX_BINS}, got {bins}")
+    check_options(bins)
     values = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.empty(0)
     values = values[np.isfinite(values)]
     lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
@@ -99,7 +99,7 @@ def _summaries(prefix: str, padded: np.ndarray, dims: tuple[str, ...]) -> dict:
     }
 
 
-def run(model: nn.Module, *, gamma_edges: np.ndarray | None = None, beta_edges: np.ndarray | None = None,
+def run(model: nn.Module | None, *, gamma_edges: np.ndarray | None = None, beta_edges: np.ndarray | None = None,
         bins: int = DEFAULT_BINS, checkpoint=None, sites=None, command=None, affine: BNAffine | None = None) -> xr.Dataset:
     """The affine Dataset of one model (module docstring). Edges default to this model's own range."""
     affine = affine or bn_affine(model, sites, "rfprobe affine")
@@ -135,13 +135,24 @@ def run(model: nn.Module, *, gamma_edges: np.ndarray | None = None, beta_edges: 
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def run_checkpoints(checkpoints, labels: Sequence[str], *, bins: int = DEFAULT_BINS, command=None) -> xr.Dataset:
-    """`run` for each loaded checkpoint with histogram edges shared by all of them, stacked on `checkpoint`."""
-    affines = [checkpoint_affine(ckpt, "rfprobe affine") for ckpt in checkpoints]
-    gamma_edges = shared_edges([g for a in affines for g in a.gamma], bins)
-    beta_edges = shared_edges([b for a in affines for b in a.beta], bins)
-    return stack([run(ckpt.model, gamma_edges=gamma_edges, beta_edges=beta_edges, checkpoint=ckpt, command=command,
-                      affine=affine) for ckpt, affine in zip(checkpoints, affines)], labels)
+def check_options(bins: int = DEFAULT_BINS) -> int:
+    """Refuse (one line) a bin count outside 1..MAX_BINS."""
+    if not 1 <= bins <= MAX_BINS:
+        raise RfprobeError(f"--bins must be between 1 and {MAX_BINS}, got {bins}")
+    return bins
+
+
+def run_checkpoints(checkpoints: Iterable, labels: Sequence[str], *, bins: int = DEFAULT_BINS, command=None) -> xr.Dataset:
+    """`run` for each checkpoint with histogram edges shared by all of them, stacked on `checkpoint`.
+    `checkpoints` may be a generator: only each one's gamma/beta are kept, never two models at once."""
+    check_options(bins)
+    kept = []
+    for ckpt in checkpoints:
+        kept.append((replace(ckpt, model=None), checkpoint_affine(ckpt, "rfprobe affine")))
+    gamma_edges = shared_edges([g for _, a in kept for g in a.gamma], bins)
+    beta_edges = shared_edges([b for _, a in kept for b in a.beta], bins)
+    return stack([run(None, gamma_edges=gamma_edges, beta_edges=beta_edges, checkpoint=ckpt, command=command,
+                      affine=affine) for ckpt, affine in kept], labels)
 
 
 def checkpoint_affine(ckpt, what: str) -> BNAffine:
@@ -168,3 +179,19 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
             "abs_gamma_quantiles": {f"{x:g}": float(quantiles[i]) for x, i in q.items()},
         }
     return summary
+
+
+OPTIONS = PASS_OPTIONS["affine"]
+DATA = PASS_DATA["affine"]
+
+
+def validate(options: dict) -> dict:
+    """`options` (OPTIONS' names) checked (one line on a bad value)."""
+    return {**options, "bins": check_options(options["bins"])}
+
+
+def run_checkpoint(checkpoint, data=None, options: dict | None = None, *, command=None, **_) -> xr.Dataset:
+    """One checkpoint's result with its own histogram edges (`run_checkpoints` shares edges between several)."""
+    options = validate({**defaults(OPTIONS), **(options or {})})
+    return run(None, bins=options["bins"], checkpoint=checkpoint, affine=checkpoint_affine(checkpoint, "rfprobe affine"),
+               command=command)

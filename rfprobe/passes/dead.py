@@ -24,7 +24,8 @@ import torch.nn as nn
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import GAMMA_THRESHOLDS
+from rfprobe.options import defaults
+from rfprobe.passes import GAMMA_THRESHOLDS, PASS_DATA, PASS_OPTIONS
 from rfprobe.passes.affine import AFFINE_DEFINITION, BNAffine, bn_affine, checkpoint_affine
 from rfprobe.results import provenance, stack
 
@@ -37,7 +38,7 @@ POOL_DEFINITION = ("all: every BN channel; no_shortcut: every channel except tho
                    "relu: channels of BNs that feed a ReLU directly; fractions are counts / channels in the pool")
 
 
-def check_thresholds(thresholds: Sequence[float] | None) -> np.ndarray:
+def check_options(thresholds: Sequence[float] | None) -> np.ndarray:
     """The thresholds sorted ascending without repeats; each must be finite and > 0."""
     values = list(DEFAULT_THRESHOLDS if thresholds is None or len(thresholds) == 0 else thresholds)
     bad = [t for t in values if not (math.isfinite(t) and t > 0)]
@@ -57,7 +58,7 @@ def _in_pool(roles: np.ndarray, pool: str) -> np.ndarray:
 def run(model: nn.Module, *, thresholds: Sequence[float] | None = None, checkpoint=None, sites=None, command=None,
         affine: BNAffine | None = None) -> xr.Dataset:
     """Dead and off channel counts of one model per layer and pooled (module docstring)."""
-    t = check_thresholds(thresholds)
+    t = check_options(thresholds)
     affine = affine or bn_affine(model, sites, "rfprobe dead")
     roles = np.array([s.role for s in affine.sites], dtype=object)
     n_channels = np.array([s.n_channels for s in affine.sites], dtype=np.int64)
@@ -92,7 +93,7 @@ def run(model: nn.Module, *, thresholds: Sequence[float] | None = None, checkpoi
 def run_checkpoints(checkpoints, labels: Sequence[str], *, thresholds: Sequence[float] | None = None,
                     command=None) -> xr.Dataset:
     """`run` for each loaded checkpoint, stacked on `checkpoint`."""
-    t = check_thresholds(thresholds)
+    t = check_options(thresholds)
     return stack([run(ckpt.model, thresholds=t, checkpoint=ckpt, command=command,
                       affine=checkpoint_affine(ckpt, "rfprobe dead")) for ckpt in checkpoints], labels)
 
@@ -111,3 +112,17 @@ def headline(ds: xr.Dataset) -> dict:
                    for kind in ("dead", "off") for what in ("frac", "n")},
             } for pool in ds["pool"].values}
     return out
+
+
+OPTIONS = PASS_OPTIONS["dead"]
+DATA = PASS_DATA["dead"]
+
+
+def validate(options: dict) -> dict:
+    return {**options, "threshold": check_options(options["threshold"])}
+
+
+def run_checkpoint(checkpoint, data=None, options: dict | None = None, *, command=None, **_) -> xr.Dataset:
+    options = validate({**defaults(OPTIONS), **(options or {})})
+    return run(checkpoint.model, thresholds=options["threshold"], checkpoint=checkpoint, command=command,
+               affine=checkpoint_affine(checkpoint, "rfprobe dead"))

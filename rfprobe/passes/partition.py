@@ -45,11 +45,13 @@ import xarray as xr
 
 from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
+from rfprobe.passes import PASS_DATA, PASS_OPTIONS, SEGMENT_KINDS
+from rfprobe.options import defaults
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
 from rfprobe.results import layer_coords, provenance
 from rfprobe.sites import find_sites
 
-SEGMENT_KINDS = ("train-train", "point-noise", "radius")
+
 LC_RADIUS = 0.005
 LC_VERTICES = 40
 HIST_EDGES = np.linspace(-4.0, 1.0, 51)
@@ -439,3 +441,26 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
             row["slice_complete"] = bool(int(one["slice_complete"]))
         out[str(label)] = row
     return out
+
+
+OPTIONS = PASS_OPTIONS["partition"]
+DATA = PASS_DATA["partition"]
+
+
+def validate(options: dict, n_points: int | None = None) -> dict:
+    o = options
+    kinds = check_options(o["segments"], o["kinds"], o["radius"], o["max_breakpoints"], o["exact_points"], o["probes"],
+                          o["lc_points"], o["jitter_batches"], o["jitter_batch_size"], o["slice_resolution"],
+                          o["slice_max_regions"], n_points=n_points)
+    return {**options, "kinds": kinds}
+
+
+def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch_size: int = 64, device="cpu",
+            command=None, **_) -> xr.Dataset:
+    o = validate({**defaults(OPTIONS), **(options or {})})
+    return run(checkpoint.model, data, checkpoint=checkpoint, segments_per_kind=o["segments"], segment_kinds=o["kinds"],
+               radius=o["radius"], max_breakpoints=o["max_breakpoints"], exact_points=o["exact_points"],
+               probes=o["probes"], lc_points=o["lc_points"], jitter_batches=o["jitter_batches"],
+               jitter_batch_size=o["jitter_batch_size"], slice_plane=o["slice_plane"],
+               slice_max_regions=o["slice_max_regions"], slice_resolution=o["slice_resolution"],
+               recalibrate=o["recalibrate_bn"], batch_size=batch_size, device=device, seed=o["seed"], command=command)

@@ -37,6 +37,8 @@ import xarray as xr
 
 from rfprobe.data import Data, load_dataset, normalize
 from rfprobe.errors import RfprobeError
+from rfprobe.options import defaults
+from rfprobe.passes import PASS_DATA, PASS_OPTIONS
 from rfprobe.results import provenance
 from rfprobe.sites import BN_TYPES, AddSite, Sites, enclosing_module, find_sites
 
@@ -283,3 +285,33 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
                        (("squared_mean", sq), ("variance", var), ("residual_variance", res), ("expected_variance", exp))},
         }
     return out
+
+
+OPTIONS = PASS_OPTIONS["signal"]
+DATA = PASS_DATA["signal"]
+
+
+def validate(options: dict) -> dict:
+    """`options` (OPTIONS' names) checked (one line on a bad value)."""
+    from rfprobe.models import check_bn_init
+
+    check_options(options["input_kind"], options["batch"])
+    check_bn_init(options["bn_init"])
+    return dict(options)
+
+
+def run_checkpoint(checkpoint, data: Data | None = None, options: dict | None = None, *, device="cpu", command=None,
+            **_) -> xr.Dataset:
+    """`run` on one checkpoint: with `input_kind` data, `data` is the batch (`data_input`, normalised for this
+    checkpoint); else a Gaussian batch from `seed`. BN uses batch statistics at epoch 0 or with `batch_stats`."""
+    o = validate({**defaults(OPTIONS), **(options or {})})
+    model = checkpoint.model
+    if o["input_kind"] == "data":
+        if data is None:
+            raise RfprobeError("signal --input data needs the data batch (signal.data_input)")
+        x = data
+    else:
+        x = gaussian_input(model.rfprobe_input_shape, o["batch"], o["seed"]).to(device)
+    return run(model, x, batch_stats=o["batch_stats"] or checkpoint.epoch == 0, checkpoint=checkpoint,
+               input_kind=o["input_kind"], split=data.split if data is not None else "test", seed=o["seed"],
+               command=command)

@@ -31,7 +31,8 @@ import xarray as xr
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import GAMMA_THRESHOLDS, MAX_BINS
+from rfprobe.options import defaults
+from rfprobe.passes import GAMMA_THRESHOLDS, MAX_BINS, PASS_DATA, PASS_OPTIONS
 from rfprobe.progress import track
 from rfprobe.results import layer_coords, nan_padded, provenance
 from rfprobe.sites import ReluSite, find_sites, trace
@@ -280,3 +281,18 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
             "example_zero_channel_fraction": float(one["pooled_example_zero_channel_fraction_mean"]),
         }
     return out
+
+
+OPTIONS = PASS_OPTIONS["sparsity"]
+DATA = PASS_DATA["sparsity"]
+
+
+def validate(options: dict) -> dict:
+    return {**options, "threshold": check_options(options["threshold"], options["bins"])}
+
+
+def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch_size: int = 500, device="cpu",
+            command=None, progress: bool = False) -> xr.Dataset:
+    options = validate({**defaults(OPTIONS), **(options or {})})
+    return run(checkpoint.model, data, batch_size=batch_size, device=device, thresholds=options["threshold"],
+               bins=options["bins"], checkpoint=checkpoint, command=command, progress=progress)
