@@ -88,3 +88,32 @@ def test_measuring_on_another_dataset_warns(tmp_path, capsys):
     assert exit_.value.code in (0, None)
     assert f"warning: {path} was trained on cifar10; measuring it on synthetic" in captured.err
     assert json.loads(captured.out)["pass"] == "sparsity"
+
+
+def test_info_random_mode_counts_the_masked_elements(tmp_path):
+    from rfprobe.trainable import select
+
+    model = build_model("cifar_resnet_8_4", seed=0)
+    plan = select(model, "random", k=2, generator=torch.Generator().manual_seed(0))
+    save_checkpoint(tmp_path / "r.pt", model, mode="random", dataset="synthetic", epoch=1, masks=plan.masks,
+                    hparams={"also": []})
+    result = rfprobe("info", tmp_path / "r.pt", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1]
+    expected = 2 * sum(p.shape[0] for p in weights)  # k=2 elements per output channel of every conv/linear
+    assert report["mode"] == "random" and report["trainable"]["total"] == expected
+    assert report["trainable"]["bn"] == 0 and report["trainable"]["total"] < report["parameters"]["total"]
+
+
+def test_info_bare_state_dict(tmp_path):
+    model = build_model("cifar_resnet_8", seed=0)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    result = rfprobe("info", tmp_path / "bare.pt", "--arch", "cifar_resnet_8", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["format"] == "bare state dict" and report["mode"] == "unknown" and report["trainable"] is None
+    assert report["num_classes"] == 10 and report["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert report["normalization"]["name"] == "cifar10" and "not recorded" in report["normalization"]["source"]
+    without = rfprobe("info", tmp_path / "bare.pt")
+    assert without.returncode == 2 and "--arch" in without.stderr and without.stderr.count("\n") == 1

@@ -159,3 +159,39 @@ def test_limit_batches_order_and_normalisation():
 def test_unknown_dataset_or_split(name, split):
     with pytest.raises(RfprobeError, match="unknown"):
         load_dataset(name, split)
+
+
+def write_cifar100_both_formats(root, n=30, seed=1):
+    """CIFAR-100 in the python version (train/test pickles with fine and coarse labels, meta) and the binary one
+    (records <coarse><fine><3072 pixels>, fine_label_names.txt); coarse labels differ from fine ones."""
+    rng = np.random.default_rng(seed)
+    (root / "py" / "cifar-100-python").mkdir(parents=True)
+    (root / "bin" / "cifar-100-binary").mkdir(parents=True)
+    names = [f"class{i:02d}" for i in range(100)]
+    arrays = {}
+    for split in ("train", "test"):
+        x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = rng.integers(20, 100, size=n)
+        coarse = fine // 5
+        arrays[split] = (x, fine)
+        with open(root / "py" / "cifar-100-python" / split, "wb") as f:
+            pickle.dump({b"data": x, b"fine_labels": [int(v) for v in fine], b"coarse_labels": [int(v) for v in coarse],
+                         b"filenames": [b"x"] * n}, f)
+        records = np.concatenate([coarse.astype(np.uint8)[:, None], fine.astype(np.uint8)[:, None], x], axis=1)
+        records.tofile(root / "bin" / "cifar-100-binary" / f"{split}.bin")
+    with open(root / "py" / "cifar-100-python" / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [n.encode() for n in names], b"coarse_label_names": [b"c"] * 20}, f)
+    (root / "bin" / "cifar-100-binary" / "fine_label_names.txt").write_text("\n".join(names) + "\n")
+    return arrays, names
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cifar100_both_formats_give_the_fine_labels(tmp_path, split):
+    arrays, names = write_cifar100_both_formats(tmp_path)
+    x, fine = arrays[split]
+    for version in ("py", "bin"):
+        data = load_dataset("cifar100", split, root=tmp_path / version)
+        assert data.y.tolist() == fine.tolist(), version
+        assert torch.equal(data.x.reshape(len(data), -1), torch.from_numpy(x)), version
+        assert len(data.classes) == 100 and data.classes == tuple(names), version
+        assert data.normalization.name == "cifar100"

@@ -79,11 +79,11 @@ def test_resnet_per_layer_and_pools_match_brute_force():
 
 
 def test_thresholds_checked_and_sorted():
-    assert dead.check_thresholds([0.1, 0.01, 0.1]).tolist() == [0.01, 0.1]
-    assert dead.check_thresholds(None).tolist() == list(T)
+    assert dead.check_options([0.1, 0.01, 0.1]).tolist() == [0.01, 0.1]
+    assert dead.check_options(None).tolist() == list(T)
     for bad in ([0.0], [-1.0], [float("nan")], [float("inf")]):
         with pytest.raises(RfprobeError, match="--threshold must be finite and > 0"):
-            dead.check_thresholds(bad)
+            dead.check_options(bad)
 
 
 @pytest.fixture(scope="module")

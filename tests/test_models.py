@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,20 @@ def test_unknown_names_list_valid_patterns(name, message):
     if name == "foo":
         for pattern in ("cifar_resnet_N[_W]", "cifar_vgg_", "mlp_DxW", "torchvision:<name>"):
             assert pattern in str(e.value)
+
+
+def test_mlp_nobn_is_linear_relu_layers_computed_by_hand():
+    model = build_model("mlp_3x8_nobn", 4, seed=0)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2, 8), (8, 8), (8, 8), (8, 4)]
+    for m in linears[:-1]:
+        bound = 1 / np.sqrt(m.in_features)
+        assert m.bias.abs().max() <= bound and m.bias.abs().max() > 0.1 * bound  # PyTorch's default, kept
+    x = torch.randn(5, 2)
+    h = x
+    for m in linears[:-1]:
+        h = torch.clamp(h @ m.weight.T + m.bias, min=0)
+    torch.testing.assert_close(model.eval()(x), h @ linears[-1].weight.T + linears[-1].bias)
+    with pytest.raises(RfprobeError, match="mlp_3x8_nobn does not use --bn-init"):
+        build_model("mlp_3x8_nobn", 4, bn_init="fixed")

@@ -1,6 +1,7 @@
 """The trainer's semantics: which elements each mode moves, BN statistics, augmentation, errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from train.optim import MaskedSGD
 TINY = dict(arch="cifar_resnet_8_4", dataset="synthetic", limit=256, test_limit=128, epochs=1, batch_size=64,
             eval_batch_size=128, save_every=0, progress=False, threads=1)
 CASES = [("all", ()), ("bn", ()), ("bn+output", ()), ("output", ()), ("gamma", ()), ("beta", ()), ("random", ()),
-         ("bn", ("shortcut",))]
+         ("bn", ("shortcut",)), ("bn", ("output",))]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,16 @@ def test_mode_moves_exactly_its_elements(runs, mode, also):
             assert not moved.any(), f"{name} is frozen in mode {mode} but moved"
     for name, stat in _running_stats(final.model).items():  # forward in train mode updates them in every mode
         assert not torch.equal(stat, _running_stats(init.model)[name]), name
+
+
+def test_also_output_is_bn_plus_output(runs):
+    """`--mode bn --also output` trains what `--mode bn+output` trains: same seed, same data, same weights."""
+    also, plus = runs["bn", ("output",)][1], runs["bn+output", ()][1]
+    for (name, a), b in zip(also.model.state_dict().items(), plus.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    fc = {n for n, _ in also.model.named_parameters() if n.startswith("fc.")}
+    init = runs["bn", ("output",)][0]
+    assert fc and all(not torch.equal(dict(also.model.named_parameters())[n], dict(init.model.named_parameters())[n]) for n in fc)
 
 
 def test_bn_mode_trains_gamma_and_beta_only(runs):
@@ -184,6 +195,20 @@ def test_bn_only_skips_frozen_weight_gradients():
 def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path, cli_error):
     assert message in cli_error(main, [*argv, "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_init_only_equals_a_fresh_run(tmp_path):
+    """A run that died after writing init.pt (nothing else) resumes from it and ends where an uninterrupted run ends."""
+    settings = {**TINY, "epochs": 2, "mode": "bn"}
+    reference = train(Config(out=str(tmp_path / "ref"), **settings))
+    out = tmp_path / "died"
+    out.mkdir()
+    shutil.copy(reference / "init.pt", out / "init.pt")
+    resumed = train(Config(out=str(out), resume=True, **settings))
+    a, b = load_checkpoint(reference / "final.pt"), load_checkpoint(resumed / "final.pt")
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), f"{name} differs after resuming from init.pt"
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
 def test_existing_run_directory_refused(tmp_path, capsys, cli_error):
