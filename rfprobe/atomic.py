@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a new temporary file beside `path` (same suffix, so writers that go by the suffix work); when the
@@ -23,6 +29,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Optional
@@ -20,8 +19,9 @@ from rich.table import Table
 
 from rfprobe import __version__
 from rfprobe.errors import RfprobeError
+from rfprobe.loading import DataOptions, check_positive, each_checkpoint, load_one
 from rfprobe.options import Option, changed
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS
+from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES
 
 app = typer.Typer(
     name="rfprobe",
@@ -128,23 +128,6 @@ def _main(
     here so that --help lists it."""
 
 
-def warn(message: str) -> None:
-    """One unwrapped line on stderr (rich would wrap it at the console width)."""
-    print(f"rfprobe: warning: {message}", file=sys.stderr)
-
-
-def load_one(path: Path, arch: str | None = None, num_classes: int | None = None, device="cpu"):
-    """Load one checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
-    from rfprobe.checkpoint import load_checkpoint
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes, device=device)
-    for w in caught:
-        warn(str(w.message))
-    return ckpt
-
-
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
@@ -167,13 +150,6 @@ def check_files(paths: list[Path]) -> None:
 
     for path in paths:
         check_file(Path(path))
-
-
-def check_positive(**options: int | None) -> None:
-    """`--limit`, `--batch-size`, ...: each given value must be at least 1 (option names from the keywords)."""
-    for name, value in options.items():
-        if value is not None and value < 1:
-            raise RfprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def run_pass(pass_name: str, labels: list[str], measure, *, out: Path | None, plot: Path | None, overwrite: bool,
@@ -201,72 +177,6 @@ def run_pass(pass_name: str, labels: list[str], measure, *, out: Path | None, pl
         console.print(table)
     for kind, where in written.items():
         console.print(f"{kind}: {where}", highlight=False)
-
-
-def warn_dataset_mismatch(checkpoint, data) -> None:
-    """One stderr line for a checkpoint trained on another dataset than the one it is measured on (when the
-    shapes match: mismatched shapes are the pass's one-line error, not a warning)."""
-    shape_fits = tuple(data.x.shape[1:]) == tuple(getattr(checkpoint.model, "rfprobe_input_shape", ()))
-    if checkpoint.dataset not in ("unknown", data.name) and shape_fits:
-        warn(f"{checkpoint.path} was trained on {checkpoint.dataset}; measuring it on {data.name}")
-
-
-class DataOptions:
-    """The data options of a pass, validated at once (before anything is loaded); `load` reads the data.
-    `DataOptions.of(o)` takes them from a command's parsed values."""
-
-    @classmethod
-    def of(cls, o: SimpleNamespace) -> "DataOptions":
-        check_positive(batch_size=getattr(o, "batch_size", None))
-        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean, o.std)
-
-    def __init__(self, dataset: str | None, split: str, data_root: Path | None, download: bool, limit: int | None,
-                 normalization: str | None, mean: str | None, std: str | None):
-        from rfprobe.data import check_dataset_name, check_split
-        from rfprobe.normalization import from_options
-
-        if dataset is not None:
-            check_dataset_name(dataset)
-        check_split(split)
-        check_positive(limit=limit)
-        self.dataset, self.split, self.root, self.download, self.limit = dataset, split, data_root, download, limit
-        self.override = from_options(normalization, mean, std)
-
-    def load(self, dataset: str | None = None):
-        from rfprobe.data import load_dataset
-
-        return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit)
-
-    def for_checkpoint(self, checkpoint, data):
-        """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess."""
-        from rfprobe.normalization import resolve
-
-        if checkpoint is not None:
-            warn_dataset_mismatch(checkpoint, data)
-        resolved = resolve(checkpoint, data.name, self.override)
-        if resolved.warning:
-            warn(resolved.warning)
-        return data.with_normalization(resolved.normalization, resolved.source)
-
-
-def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,
-                    default_dataset=lambda ckpt: None, description: str = "", progress: bool = False):
-    """Yield `(checkpoint, data)` one checkpoint at a time (memory bounded by one model), with `data` loaded
-    once (the dataset `default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
-    each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`."""
-    from rfprobe.progress import track
-
-    data = None
-    if data_options is not None and data_options.dataset is not None:
-        data = data_options.load()
-    for path in track(paths, len(paths), description, enabled=progress and len(paths) > 1):
-        ckpt = load_one(path, arch, num_classes, device)
-        if data_options is None:
-            yield ckpt, None
-            continue
-        if data is None:
-            data = data_options.load(default_dataset(ckpt))
-        yield ckpt, data_options.for_checkpoint(ckpt, data)
 
 
 def measure_each(checkpoints: list[Path], labels: list[str], run_one, *, arch, num_classes, device,
@@ -539,6 +449,220 @@ def signal(o: SimpleNamespace) -> None:
         return stack(results, labels)
 
     run_pass("signal", labels, measure, **_outputs(o))
+
+
+# ---------------------------------------------------------------- studies: compare, report, plot
+
+STUDY_OPTIONS = (
+    Option("out", None, "study directory: runs/<label>/<pass>.zarr per checkpoint and pass, study.zarr", type=Optional[Path]),
+    Option("passes", ",".join(PASSES), f"comma-separated passes to run ({', '.join(PASSES)}, or all)"),
+    Option("epochs", None, "for run directories: all, or comma-separated epochs (init.pt is 0, then epoch_XXX.pt "
+                           "and final.pt) instead of final.pt alone", type=Optional[str]),
+    Option("jobs", 1, "checkpoints measured in parallel worker processes (CPU threads split between them)"),
+    Option("merge_only", False, "only merge the stores already in the study directory (INPUT: the directory)"),
+    Option("config", None, "TOML file of settings: top-level keys are these options' names (with _), a [pass] "
+                           "table holds a pass's options, limit and batch_size; the command line wins", type=Optional[Path]),
+    *changed(tuple(o for o in DATA_OPTIONS if o.name != "batch_size"),
+             dataset={"help": SHARED["dataset"].help + " (default: each checkpoint's own, else cifar10)"},
+             limit={"help": "use the first N examples in every data pass (default: each pass's own; sparsity and "
+                            "ablate all, partition 256)"}),
+    *LOAD_OPTIONS[:2],
+    SHARED["json_out"],
+)
+"""`rfprobe compare`'s own and shared options; each pass's options follow, prefixed with its name"""
+
+INPUTS = inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+    list[str], typer.Argument(help="checkpoint files, run directories (final.pt, or with --epochs their trajectory) "
+                                   "or globs")])
+
+
+def _pass_data_options(name: str) -> tuple[Option, ...]:
+    """`limit` / `batch_size` of a data pass in compare (prefixed with the pass; default: the pass's own)."""
+    own = PASS_DATA[name] or {}
+    return tuple(Option(key, None, f"{name}: {SHARED[key].help} (default {own[key]})", type=Optional[int])
+                 for key in ("limit", "batch_size") if key in own)
+
+
+def _compare_parameters() -> list[inspect.Parameter]:
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context), INPUTS]
+    params += [parameter(o) for o in STUDY_OPTIONS]
+    for name in PASSES:
+        params += [parameter(o, prefix=name) for o in PASS_OPTIONS[name] + _pass_data_options(name)]
+    return params
+
+
+def _compare_settings(ctx: typer.Context, values: dict) -> dict:
+    """The command line's values over the `--config` file's (tomllib): top-level keys are compare's option
+    names, a table per pass its options (unknown keys are an error)."""
+    import tomllib
+
+    config = values.get("config")
+    if config is None:
+        return values
+    try:
+        settings = tomllib.loads(Path(config).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise RfprobeError(f"--config {config}: {e}") from None
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key in PASSES:
+            known = {o.name for o in PASS_OPTIONS[key] + _pass_data_options(key)}
+            for sub, v in value.items():
+                if sub not in known:
+                    raise RfprobeError(f"--config {config}: [{key}] has no option {sub!r}; it takes {', '.join(sorted(known))}")
+                flat[f"{key}_{sub}"] = v
+        elif key in {o.name for o in STUDY_OPTIONS} - {"config"}:
+            flat[key] = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs") else value
+        else:
+            raise RfprobeError(f"--config {config}: unknown setting {key!r}")
+    merged = dict(values)
+    for key, value in flat.items():
+        if ctx.get_parameter_source(key).name == "DEFAULT":
+            merged[key] = Path(value) if key in ("out", "data_root") and value is not None else value
+    return merged
+
+
+def _study_request(o: SimpleNamespace):
+    from rfprobe.study import Request
+
+    passes = tuple(PASSES if o.passes.strip() == "all" else [p.strip() for p in o.passes.split(",") if p.strip()])
+    options = {name: own_options(name, o, prefix=name) for name in PASSES}
+    limits, batch_sizes = {}, {}
+    for name in PASSES:
+        own = PASS_DATA[name] or {}
+        if "limit" in own:
+            given = getattr(o, f"{name}_limit")
+            limits[name] = given if given is not None else (o.limit if o.limit is not None else own["limit"])
+        if "batch_size" in own:
+            given = getattr(o, f"{name}_batch_size")
+            batch_sizes[name] = given if given is not None else own["batch_size"]
+    return Request(passes=passes, options=options, dataset=o.dataset, split=o.split,
+                   data_root=str(o.data_root) if o.data_root else None, download=o.download,
+                   normalization=o.normalization, mean=o.mean, std=o.std, limits=limits, batch_sizes=batch_sizes,
+                   device=o.device, arch=o.arch, num_classes=o.num_classes, command=list(sys.argv))
+
+
+def compare(ctx: typer.Context, **values) -> None:
+    """Run several passes over many checkpoints, one checkpoint at a time and resumably, into one study
+    (DIR/study.zarr, an xarray DataTree) with side-by-side tables."""
+    from rfprobe import study
+    from rfprobe.progress import track
+    from rfprobe.report_tables import study_json, study_tables
+
+    o = SimpleNamespace(**_compare_settings(ctx, values))
+    if o.merge_only:
+        if len(o.inputs) != 1 and o.out is None:
+            raise RfprobeError("--merge-only takes the study directory (one INPUT, or --out)")
+        out = Path(o.out or o.inputs[0])
+        entries, status = None, {}
+    else:
+        if o.out is None:
+            raise RfprobeError("--out DIR is required: the study directory to write (or extend)")
+        out = Path(o.out)
+        request = _study_request(o)
+        study.validate(request)
+        check_positive(jobs=o.jobs)
+        _check_study_dir(out)
+        entries = study.expand_inputs(o.inputs, study.parse_epochs(o.epochs))
+        check_files([e.path for e in entries])
+        if o.jobs > 1:
+            status = study.run_study(entries, out, request, jobs=o.jobs)
+        else:
+            status = {}
+            for entry in track(entries, len(entries), "compare", enabled=not o.json_out):
+                status[entry.label] = study.run_entry(entry, out, request)
+    tree = study.merge(out, [e.label for e in entries] if entries else None)
+    written = {"study": str(out / "study.zarr")}
+    if o.epochs is not None and not o.merge_only:
+        from rfprobe.plots import save_figure
+        from rfprobe.plots.study import trajectory_figure
+
+        fig = trajectory_figure(tree)
+        if fig is not None:
+            written["trajectory"] = str(save_figure(fig, out / "trajectory.png", overwrite=True))
+    counts = {kind: sum(v == kind for s in status.values() for v in s.values()) for kind in ("computed", "skipped")}
+    if o.json_out:
+        print_json({"study": str(out), "checkpoints": study_json(tree), **counts, "written": written})
+        return
+    for table in study_tables(tree):
+        console.print(table)
+    if status:
+        console.print(f"stores: {counts['computed']} computed, {counts['skipped']} already there (skipped)", highlight=False)
+    for kind, where in written.items():
+        console.print(f"{kind}: {where}", highlight=False)
+
+
+def _check_study_dir(out: Path) -> None:
+    """Refuse a study directory that is a file, or a directory holding things a study does not write."""
+    if out.exists() and not out.is_dir():
+        raise RfprobeError(f"--out {out} is a file; give a directory for the study")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in ("runs", "study.zarr", "trajectory.png", "report.html", "figures")
+                   and not p.name.startswith(".")]
+        if foreign:
+            raise RfprobeError(f"--out {out} holds files a study does not write ({', '.join(sorted(foreign)[:3])}); "
+                               "choose an empty or study directory")
+
+
+compare.__signature__ = inspect.Signature(_compare_parameters())
+app.command("compare")(compare)
+
+
+@app.command()
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="a study directory written by rfprobe compare")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="the HTML file to write (default DIR/report.html, replaced "
+                                                            "when it exists)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out (only a plain file)")] = False,
+) -> None:
+    """One self-contained HTML report of a study: every pass's figure and headline table, and each checkpoint's provenance."""
+    from rfprobe import report as study_report
+
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
+        raise RfprobeError(f"--out {out}: the report is an HTML file; give a path ending in .html")
+    path = study_report.write(study_dir, out, overwrite=overwrite or out is None)
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+def plot(
+    store: Annotated[Path, typer.Argument(help="a result store (<pass>.zarr) or a study (DIR or DIR/study.zarr)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="figure file (default: the store's path with .png); for a "
+                                                            "study, a directory for one figure per pass (default DIR/figures)")] = None,
+    pass_name: Annotated[Optional[str], typer.Option("--pass", help="for a study: only this pass's group, to --out as a file")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing figure files")] = False,
+) -> None:
+    """Draw a pass's figure again from a stored result (figures never need the model)."""
+    from rfprobe.plots import FIGURE_PASSES, check_plot_path, figure, save_figure
+    from rfprobe.results import open_result
+    from rfprobe.study import as_result, open_study
+
+    study_store = store / "study.zarr" if (store / "study.zarr").exists() else store
+    if study_store.name == "study.zarr":
+        tree = open_study(study_store).load()
+        names = list(tree.children) if pass_name is None else [pass_name]
+        missing = [n for n in names if n not in tree.children]
+        if missing:
+            raise RfprobeError(f"{study_store}: no {missing[0]} group; it has {', '.join(tree.children)}")
+        if pass_name is not None:
+            targets = {pass_name: out or study_store.parent / "figures" / f"{pass_name}.png"}
+        else:
+            folder = out or study_store.parent / "figures"
+            if folder.exists() and not folder.is_dir():
+                raise RfprobeError(f"--out {folder} is a file; for a whole study give a directory (or --pass NAME)")
+            targets = {n: folder / f"{n}.png" for n in names if n in FIGURE_PASSES}
+        for path in targets.values():
+            check_plot_path(path, overwrite)
+        for name, path in targets.items():
+            written = save_figure(figure(as_result(tree[name].to_dataset())), path, overwrite=overwrite)
+            console.print(f"plot: {written}", highlight=False)
+        return
+    if pass_name is not None:
+        raise RfprobeError("--pass picks a group of a study; a single result store has one pass")
+    path = out or store.with_suffix(".png")
+    check_plot_path(path, overwrite)
+    written = save_figure(figure(open_result(store)), path, overwrite=overwrite)
+    console.print(f"plot: {written}", highlight=False)
 
 
 # ---------------------------------------------------------------- entry point

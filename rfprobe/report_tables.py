@@ -190,3 +190,111 @@ def partition_tables(ds: xr.Dataset) -> list[Table]:
 
 TABLES = {"affine": affine_tables, "dead": dead_tables, "sparsity": sparsity_tables, "ablate": ablate_tables,
           "signal": signal_tables, "partition": partition_tables}
+
+
+# ---------------------------------------------------------------- studies: key numbers side by side
+
+def _scalar(da) -> float:
+    return float(np.asarray(da.values, dtype=float))
+
+
+def key_numbers(pass_name: str, one: xr.Dataset) -> dict[str, tuple[float | None, str]]:
+    """The headline numbers of one checkpoint's result (`one` = a study group `.sel(checkpoint=label)`), as
+    name -> (value, "pct" | "num"): what a study table shows side by side."""
+    if pass_name == "affine":
+        return {"gamma mean": (_scalar(one["pooled_gamma_mean"]), "num"),
+                "|gamma| median": (_scalar(one["pooled_abs_gamma_quantiles"].sel(quantile=0.5)), "num"),
+                "gamma < 0": (_scalar(one["pooled_gamma_frac_negative"]), "pct"),
+                "beta mean": (_scalar(one["pooled_beta_mean"]), "num")}
+    if pass_name == "dead":
+        out = {}
+        for kind, name in (("dead", "|gamma| < {t}"), ("off", "off (also beta <= 0) at {t}")):
+            for t in one["threshold"].values:
+                out[name.format(t=f"{t:g}")] = (_scalar(one[f"pooled_frac_{kind}"].sel(pool="all", threshold=t)), "pct")
+        return out
+    if pass_name == "sparsity":
+        return {"accuracy": (_scalar(one["accuracy"]), "pct"),
+                "ReLU outputs = 0": (_scalar(one["pooled_zero_fraction"]), "pct"),
+                "dead channels": (_scalar(one["pooled_dead_fraction"]), "pct"),
+                "entirely-0 channels / example": (_scalar(one["pooled_example_zero_channel_fraction_mean"]), "pct")}
+    if pass_name == "ablate":
+        out = {f"accuracy {v}": (_scalar(one["accuracy"].sel(variant=v).mean("draw")), "pct")
+               for v in one["variant"].values}
+        out["pruned fraction"] = (_scalar(one["pruned_fraction"]), "pct")
+        return out
+    if pass_name == "partition":
+        from rfprobe.passes.partition import headline
+
+        row = next(iter(headline(one.expand_dims("checkpoint")).values()))
+        return {k.replace("_", " "): (float(v), "num") for k, v in row.items() if isinstance(v, (int, float))
+                and not isinstance(v, bool)}
+    if pass_name == "signal":
+        from rfprobe.passes.signal import headline
+
+        row = next(iter(headline(one.expand_dims("checkpoint")).values()))
+        return {name: (row[key], "num") for name, key in SIGNAL_ROWS if key not in ("blocks", "bn_statistics")}
+    raise KeyError(pass_name)
+
+
+def _format(value, kind: str) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    return pct(value) if kind == "pct" else f"{value:.4g}"
+
+
+MAX_COLUMNS = 8
+"""a study table shows checkpoints as columns up to this many, else one column per mode (mean ± std, n)"""
+
+
+def study_groups(tree: xr.DataTree) -> list[tuple[str, xr.DataTree]]:
+    """The pass groups of a study in the passes' own order (rfprobe.passes.PASSES), not the store's."""
+    from rfprobe.passes import PASSES
+
+    return [(name, tree[name]) for name in PASSES if name in tree.children]
+
+
+def study_tables(tree: xr.DataTree) -> list[Table]:
+    """One table per pass group of a study: its key numbers per checkpoint, or per mode when there are more
+    than MAX_COLUMNS checkpoints."""
+    from rfprobe.study import as_result
+
+    out = []
+    for name, node in study_groups(tree):
+        ds = as_result(node.to_dataset())
+        labels = [str(v) for v in ds["checkpoint"].values]
+        numbers = {label: key_numbers(name, ds.sel(checkpoint=label)) for label in labels}
+        rows = list(dict.fromkeys(k for n in numbers.values() for k in n))
+        if len(labels) <= MAX_COLUMNS:
+            columns = {label: {r: _format(*numbers[label].get(r, (None, "num"))) for r in rows} for label in labels}
+            title = f"{name}: one column per checkpoint"
+        else:
+            modes = [str(m) for m in ds["mode"].values]
+            columns = {}
+            for mode in dict.fromkeys(modes):
+                members = [label for label, m in zip(labels, modes) if m == mode]
+                cells = {}
+                for r in rows:
+                    values = np.array([numbers[label][r][0] for label in members if r in numbers[label]
+                                       and numbers[label][r][0] is not None], dtype=float)
+                    kind = next((numbers[label][r][1] for label in members if r in numbers[label]), "num")
+                    values = values[np.isfinite(values)]
+                    cells[r] = "-" if not values.size else (
+                        f"{_format(values.mean(), kind)} ± {_format(values.std(), kind)}" if values.size > 1
+                        else _format(values[0], kind))
+                columns[f"{mode} (n={len(members)})"] = cells
+            title = f"{name}: mean ± std over the checkpoints of each mode"
+        out.append(checkpoint_table(title, columns, [(r, lambda c, r=r: c[r]) for r in rows]))
+    return out
+
+
+def study_json(tree: xr.DataTree) -> dict:
+    """label -> pass -> key number -> value, for `rfprobe compare --json`."""
+    from rfprobe.study import as_result
+
+    out: dict = {}
+    for name, node in study_groups(tree):
+        ds = as_result(node.to_dataset())
+        for label in ds["checkpoint"].values:
+            numbers = key_numbers(name, ds.sel(checkpoint=label))
+            out.setdefault(str(label), {})[name] = {k: v for k, (v, _) in numbers.items()}
+    return out

@@ -64,9 +64,9 @@ def test_pruning_zero_gamma_channels_leaves_logits_and_reenabling_changes_them(m
     ds = ablate.run(model, data, prune_below=0.01, seeds=2, fractions=[], reenable=True, reenable_value="one",
                     batch_size=20)
     acc, loss = ds["accuracy"], ds["loss"]
-    assert float(loss.sel(variant="pruned", seed=0)) == float(loss.sel(variant="baseline", seed=0))
-    assert float(loss.sel(variant="reenabled", seed=0)) != float(loss.sel(variant="baseline", seed=0))
-    assert float(acc.sel(variant="baseline", seed=0)) == pytest.approx(
+    assert float(loss.sel(variant="pruned", draw=0)) == float(loss.sel(variant="baseline", draw=0))
+    assert float(loss.sel(variant="reenabled", draw=0)) != float(loss.sel(variant="baseline", draw=0))
+    assert float(acc.sel(variant="baseline", draw=0)) == pytest.approx(
         (before.argmax(1) == data.y).float().mean().item())
     # the caller's model is untouched
     assert torch.equal(logits(model, data), before)
@@ -81,8 +81,8 @@ def test_keep_beta_leaves_logits_when_gamma_is_zero(data):
     kept = ablate.run(net, data, prune_below=0.05, keep_beta=True, seeds=1, fractions=[], eligible="relu")
     zeroed = ablate.run(net, data, prune_below=0.05, keep_beta=False, seeds=1, fractions=[], eligible="relu")
     assert kept.attrs["prune_operation"] == "gamma=0, beta kept"
-    assert float(kept["loss"].sel(variant="pruned", seed=0)) == float(kept["loss"].sel(variant="baseline", seed=0))
-    assert float(zeroed["loss"].sel(variant="pruned", seed=0)) != float(zeroed["loss"].sel(variant="baseline", seed=0))
+    assert float(kept["loss"].sel(variant="pruned", draw=0)) == float(kept["loss"].sel(variant="baseline", draw=0))
+    assert float(zeroed["loss"].sel(variant="pruned", draw=0)) != float(zeroed["loss"].sel(variant="baseline", draw=0))
 
 
 @pytest.mark.parametrize("eligible", ["all", "no-shortcut"])
@@ -96,7 +96,7 @@ def test_controls_use_the_same_count(model, data, eligible):
     assert ds.attrs["eligible_bns"] == eligible and bool(ds["eligible"].values[shortcut].any()) == (eligible == "all")
     if eligible != "all":
         assert ds["random_count"].values[:, shortcut].sum() == 0 and ds["largest_count"].values[shortcut].sum() == 0
-    draws = {tuple(ds["random_count"].sel(seed=s).values) for s in range(3)}
+    draws = {tuple(ds["random_count"].sel(draw=s).values) for s in range(3)}
     assert len(draws) > 1  # the seeds draw different channels
     # the largest control picks the k largest |gamma| of the eligible layers
     modules = dict(model.named_modules())
@@ -111,8 +111,8 @@ def test_controls_use_the_same_count(model, data, eligible):
 
 def test_curve_matches_hand_pruning(model, data):
     ds = ablate.run(model, data, seeds=1, fractions=[0, 0.5], batch_size=64)
-    base = float(ds["accuracy"].sel(variant="baseline", seed=0))
-    assert float(ds["curve_accuracy"].sel(curve="smallest", fraction=0.0, seed=0)) == base
+    base = float(ds["accuracy"].sel(variant="baseline", draw=0))
+    assert float(ds["curve_accuracy"].sel(curve="smallest", fraction=0.0, draw=0)) == base
     # independent: zero gamma and beta of the half of all BN channels with the smallest |gamma|
     net = copy.deepcopy(model)
     modules = dict(net.named_modules())
@@ -127,8 +127,8 @@ def test_curve_matches_hand_pruning(model, data):
     expected = (out.argmax(1) == data.y).float().mean().item()
     loss = torch.nn.functional.cross_entropy(out, data.y).item()
     assert int(ds["curve_n_pruned"].sel(fraction=0.5)) == count
-    assert float(ds["curve_accuracy"].sel(curve="smallest", fraction=0.5, seed=0)) == pytest.approx(expected)
-    assert float(ds["curve_loss"].sel(curve="smallest", fraction=0.5, seed=0)) == pytest.approx(loss, rel=1e-5)
+    assert float(ds["curve_accuracy"].sel(curve="smallest", fraction=0.5, draw=0)) == pytest.approx(expected)
+    assert float(ds["curve_loss"].sel(curve="smallest", fraction=0.5, draw=0)) == pytest.approx(loss, rel=1e-5)
 
 
 def test_reenable_values():
@@ -162,7 +162,7 @@ def test_cli_reenable_from_init_never_writes_the_checkpoint(tmp_path, model, rea
     ds = open_result(out)
     assert ds.attrs["reenable_sources"] == "init: 6, median: 0, one: 0" and str(run_dir / "init.pt") in ds.attrs["init_checkpoint"]
     assert list(ds["variant"].values) == ["baseline", "pruned", "random", "largest", "reenabled"]
-    assert ds.sizes["seed"] == 2 and ds.sizes["checkpoint"] == 1
+    assert ds.sizes["draw"] == 2 and ds.sizes["checkpoint"] == 1
     assert (tmp_path / "a.png").stat().st_size > 0
 
 

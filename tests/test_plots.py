@@ -111,8 +111,8 @@ def test_ablate_curves_are_the_mean_accuracies(results):
     fig = figure(ds)
     for label in ("a", "b"):
         curve = ds["curve_accuracy"].sel(checkpoint=label)
-        assert has_line(fig, curve.sel(curve="smallest").mean("seed").values)
-        assert has_line(fig, curve.sel(curve="random").mean("seed").values)
+        assert has_line(fig, curve.sel(curve="smallest").mean("draw").values)
+        assert has_line(fig, curve.sel(curve="random").mean("draw").values)
     plt.close(fig)
 
 

@@ -278,8 +278,9 @@ def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: b
         largest_definition="the same number of eligible channels with the largest |gamma|, same operation",
         curve_definition="per fraction f: the round(f*N) eligible channels of smallest |gamma| (ties in forward "
                          "order), and as many random ones (prefixes of one permutation per seed), same operation",
-        seed_definition="deterministic variants (baseline, pruned, largest, reenabled, curve=smallest) do not "
-                        "depend on the seed: their one value is repeated along seed",
+        draw_definition="the draw dimension indexes the random control's draws: draw d uses seed d; the "
+                        "deterministic variants (baseline, pruned, largest, reenabled, curve=smallest) do not depend "
+                        "on it: their one value is repeated along draw",
         reenable_definition=("" if not reenable else
                              f"the channels of `pruned` get gamma back ({reenable_value} requested: init = their "
                              "gamma in the run's init checkpoint, median = median |gamma| of the layer's live "
@@ -292,20 +293,20 @@ def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: b
     )
     return xr.Dataset(
         {
-            "accuracy": (("variant", "seed"), scores[0]),
-            "loss": (("variant", "seed"), scores[1]),
+            "accuracy": (("variant", "draw"), scores[0]),
+            "loss": (("variant", "draw"), scores[1]),
             "n_changed": (("variant",), np.array(n_changed, dtype=np.int64)),
-            "curve_accuracy": (("curve", "fraction", "seed"), curve[0]),
-            "curve_loss": (("curve", "fraction", "seed"), curve[1]),
+            "curve_accuracy": (("curve", "fraction", "draw"), curve[0]),
+            "curve_loss": (("curve", "fraction", "draw"), curve[1]),
             "curve_n_pruned": (("fraction",), np.array(counts, dtype=np.int64)),
             "n_eligible": ((), n),
             "pruned_fraction": ((), k / n),
             "eligible": (("layer",), np.array([s.name in eligible_names for s in sites.bn])),
             "small_gamma_count": (("layer",), per_layer(small)),
             "largest_count": (("layer",), per_layer(jobs[1][2])),
-            "random_count": (("seed", "layer"), np.stack([per_layer(jobs[2 + seed][2]) for seed in range(seeds)])),
+            "random_count": (("draw", "layer"), np.stack([per_layer(jobs[2 + seed][2]) for seed in range(seeds)])),
         },
-        coords={"variant": np.array(variants, dtype=object), "seed": np.arange(seeds),
+        coords={"variant": np.array(variants, dtype=object), "draw": np.arange(seeds),
                 "curve": np.array(["smallest", "random"], dtype=object), "fraction": np.array(fractions),
                 **layer_coords(sites.bn)},
         attrs=attrs,
@@ -323,12 +324,12 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
             v = one.sel(variant=variant)
             random = variant == "random"
             variants[str(variant)] = {
-                "n_changed": int(v["n_changed"]), "accuracy": float(v["accuracy"].mean("seed")),
-                "accuracy_std": float(v["accuracy"].std("seed")) if random else 0.0,
-                "loss": float(v["loss"].mean("seed")), "n_seeds": int(v.sizes["seed"]) if random else 1}
+                "n_changed": int(v["n_changed"]), "accuracy": float(v["accuracy"].mean("draw")),
+                "accuracy_std": float(v["accuracy"].std("draw")) if random else 0.0,
+                "loss": float(v["loss"].mean("draw")), "n_seeds": int(v.sizes["draw"]) if random else 1}
         curve = [{"fraction": float(f), "n_pruned": int(one["curve_n_pruned"].sel(fraction=f)),
-                  "smallest": float(one["curve_accuracy"].sel(curve="smallest", fraction=f).mean("seed")),
-                  "random": float(one["curve_accuracy"].sel(curve="random", fraction=f).mean("seed"))}
+                  "smallest": float(one["curve_accuracy"].sel(curve="smallest", fraction=f).mean("draw")),
+                  "random": float(one["curve_accuracy"].sel(curve="random", fraction=f).mean("draw"))}
                  for f in one["fraction"].values]
         out[str(label)] = {"n_eligible": int(one["n_eligible"]), "n_pruned": int(one["n_changed"].sel(variant="pruned")),
                            "pruned_fraction": float(one["pruned_fraction"]), "variants": variants, "curve": curve}

@@ -155,6 +155,27 @@ def run_checkpoints(checkpoints: Iterable, labels: Sequence[str], *, bins: int =
                       affine=affine) for ckpt, affine in kept], labels)
 
 
+def rebin(results: Sequence[xr.Dataset]) -> list[xr.Dataset]:
+    """Per-checkpoint results (each on its own edges) with their histograms recomputed on edges shared by all
+    of them, from the stored per-channel gamma/beta: what `run_checkpoints` gives for the same checkpoints."""
+    bins = {int(ds.sizes["bin"]) for ds in results}
+    if len(bins) != 1:
+        raise RfprobeError(f"affine results with different bin counts ({', '.join(map(str, sorted(bins)))}) cannot share edges")
+    n_bins = bins.pop()
+    out = []
+    values = {name: [ds[name].values[i][np.isfinite(ds[name].values[i])] for ds in results
+                     for i in range(ds.sizes["layer"])] for name in ("gamma", "beta")}
+    edges = {name: shared_edges(values[name], n_bins) for name in values}
+    for ds in results:
+        ds = ds.copy()
+        for name in ("gamma", "beta"):
+            rows = [row[np.isfinite(row)] for row in ds[name].values]
+            ds[f"{name}_hist"] = (("layer", "bin"), _histograms(rows, edges[name]))
+            ds = ds.assign_coords({f"{name}_bin_edges": ("bin_edge", edges[name])})
+        out.append(ds)
+    return out
+
+
 def checkpoint_affine(ckpt, what: str) -> BNAffine:
     """`bn_affine` of a loaded checkpoint's model, errors prefixed with the checkpoint's path."""
     try:

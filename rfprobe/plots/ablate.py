@@ -22,18 +22,18 @@ def ablate_figure(ds: xr.Dataset):
         color = colors[label]
         if one.sizes["fraction"]:
             f = one["fraction"].values
-            ax.plot(f, one["curve_accuracy"].sel(curve="smallest").mean("seed"), color=color, marker=".",
+            ax.plot(f, one["curve_accuracy"].sel(curve="smallest").mean("draw"), color=color, marker=".",
                     label=f"{label}: smallest |gamma|")
             rand = one["curve_accuracy"].sel(curve="random")
-            ax.plot(f, rand.mean("seed"), color=color, linestyle="--", label=f"{label}: random")
-            ax.fill_between(f, rand.min("seed"), rand.max("seed"), color=color, alpha=0.15, linewidth=0)
-        ax.axhline(float(one["accuracy"].sel(variant="baseline").mean("seed")), color=color, linestyle=":", linewidth=1)
+            ax.plot(f, rand.mean("draw"), color=color, linestyle="--", label=f"{label}: random")
+            ax.fill_between(f, rand.min("draw"), rand.max("draw"), color=color, alpha=0.15, linewidth=0)
+        ax.axhline(float(one["accuracy"].sel(variant="baseline").mean("draw")), color=color, linestyle=":", linewidth=1)
         x = float(one["pruned_fraction"])
         for variant in one["variant"].values:
             if variant in POINTS:
                 acc = one["accuracy"].sel(variant=variant)
-                mean = float(acc.mean("seed"))
-                spread = [[max(0.0, mean - float(acc.min("seed")))], [max(0.0, float(acc.max("seed")) - mean)]]
+                mean = float(acc.mean("draw"))
+                spread = [[max(0.0, mean - float(acc.min("draw")))], [max(0.0, float(acc.max("draw")) - mean)]]
                 ax.errorbar([x], [mean], yerr=spread, marker=POINTS[variant][0], color=color, markersize=8,
                             linestyle="", capsize=2)
     for variant, (marker, text) in POINTS.items():

@@ -1,0 +1,103 @@
+"""Loading what a pass measures, shared by the CLI and studies: checkpoints (one at a time, warnings as one
+stderr line each) and data options (validated before anything is loaded, normalised per checkpoint)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+from rfprobe.errors import RfprobeError
+
+
+def warn(message: str) -> None:
+    """One unwrapped line on stderr (rich would wrap it at the console width)."""
+    print(f"rfprobe: warning: {message}", file=sys.stderr)
+
+
+def load_one(path: Path, arch: str | None = None, num_classes: int | None = None, device="cpu"):
+    """Load one checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
+    from rfprobe.checkpoint import load_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes, device=device)
+    for w in caught:
+        warn(str(w.message))
+    return ckpt
+
+
+def check_positive(**options: int | None) -> None:
+    """`--limit`, `--batch-size`, ...: each given value must be at least 1 (option names from the keywords)."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise RfprobeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def warn_dataset_mismatch(checkpoint, data) -> None:
+    """One stderr line for a checkpoint trained on another dataset than the one it is measured on (when the
+    shapes match: mismatched shapes are the pass's one-line error, not a warning)."""
+    shape_fits = tuple(data.x.shape[1:]) == tuple(getattr(checkpoint.model, "rfprobe_input_shape", ()))
+    if checkpoint.dataset not in ("unknown", data.name) and shape_fits:
+        warn(f"{checkpoint.path} was trained on {checkpoint.dataset}; measuring it on {data.name}")
+
+
+class DataOptions:
+    """The data options of a pass, validated at once (before anything is loaded); `load` reads the data.
+    `DataOptions.of(o)` takes them from a command's parsed values."""
+
+    @classmethod
+    def of(cls, o: SimpleNamespace) -> "DataOptions":
+        check_positive(batch_size=getattr(o, "batch_size", None))
+        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean, o.std)
+
+    def __init__(self, dataset: str | None, split: str, data_root: Path | None, download: bool, limit: int | None,
+                 normalization: str | None, mean: str | None, std: str | None):
+        from rfprobe.data import check_dataset_name, check_split
+        from rfprobe.normalization import from_options
+
+        if dataset is not None:
+            check_dataset_name(dataset)
+        check_split(split)
+        check_positive(limit=limit)
+        self.dataset, self.split, self.root, self.download, self.limit = dataset, split, data_root, download, limit
+        self.override = from_options(normalization, mean, std)
+
+    def load(self, dataset: str | None = None):
+        from rfprobe.data import load_dataset
+
+        return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit)
+
+    def for_checkpoint(self, checkpoint, data):
+        """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess."""
+        from rfprobe.normalization import resolve
+
+        if checkpoint is not None:
+            warn_dataset_mismatch(checkpoint, data)
+        resolved = resolve(checkpoint, data.name, self.override)
+        if resolved.warning:
+            warn(resolved.warning)
+        return data.with_normalization(resolved.normalization, resolved.source)
+
+
+def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,
+                    default_dataset=lambda ckpt: None, description: str = "", progress: bool = False):
+    """Yield `(checkpoint, data)` one checkpoint at a time (memory bounded by one model), with `data` loaded
+    once (the dataset `default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
+    each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`."""
+    from rfprobe.progress import track
+
+    data = None
+    if data_options is not None and data_options.dataset is not None:
+        data = data_options.load()
+    for path in track(paths, len(paths), description, enabled=progress and len(paths) > 1):
+        ckpt = load_one(path, arch, num_classes, device)
+        if data_options is None:
+            yield ckpt, None
+            continue
+        if data is None:
+            data = data_options.load(default_dataset(ckpt))
+        yield ckpt, data_options.for_checkpoint(ckpt, data)
+
+
