@@ -620,8 +620,12 @@ def report(
 
     if out is not None and out.suffix.lower() not in (".html", ".htm"):
         raise RfprobeError(f"--out {out}: the report is an HTML file; give a path ending in .html")
+    from rfprobe.study import open_study, summary
+
     path = study_report.write(study_dir, out, overwrite=overwrite or out is None)
     console.print(f"report: {path}", highlight=False)
+    for line in summary(open_study(study_dir).load()):
+        print(f"  {line}")
 
 
 @app.command()

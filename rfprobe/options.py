@@ -25,11 +25,12 @@ class Option:
         return self.type if self.type is not None else type(self.default)
 
     def spellings(self, prefix: str = "") -> tuple[str, ...]:
-        """The flags, with `prefix-` after the dashes of each (`--bins` -> `--affine-bins`)."""
+        """The flags; with a prefix only the first, with `prefix-` after its dashes (`--bins` -> `--affine-bins`;
+        aliases such as signal's `--batch-size` for `--batch` are not repeated under a prefix)."""
         flags = self.flags or (flag(self.name) + (f"/--no-{self.name.replace('_', '-')}" if self.default is True else ""),)
         if not prefix:
             return flags
-        return tuple("/".join(f"--{prefix}-{part[2:]}" for part in spelling.split("/")) for spelling in flags)
+        return ("/".join(f"--{prefix}-{part[2:]}" for part in flags[0].split("/")),)
 
 
 def flag(name: str) -> str:

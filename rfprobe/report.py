@@ -77,7 +77,7 @@ def build(out: str | os.PathLike) -> str:
     from rfprobe.plots import figure
     from rfprobe.plots.study import trajectory_figure
     from rfprobe.report_tables import study_groups, study_tables, tables
-    from rfprobe.study import as_result, open_study, records
+    from rfprobe.study import as_result, open_study, records, summary
 
     out = Path(out)
     tree = open_study(out).load()
@@ -86,6 +86,7 @@ def build(out: str | os.PathLike) -> str:
              f"<p>{len(recs)} checkpoints, passes: {html.escape(', '.join(n for n, _ in study_groups(tree)))}. "
              f"Written by rfprobe {html.escape(__version__)} from <span class=mono>{html.escape(str(out / 'study.zarr'))}"
              "</span> (open it with <span class=mono>xr.open_datatree(path, engine=\"zarr\")</span>).</p>",
+             "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary(tree)) + "</ul>",
              "<h2>Headline numbers</h2>", tables_html(study_tables(tree))]
     trajectory = trajectory_figure(tree)
     if trajectory is not None:

@@ -415,3 +415,46 @@ def records(out: str | os.PathLike) -> dict[str, dict]:
 
 def request_dict(request: Request) -> dict:
     return asdict(request)
+
+
+def last_checkpoints(group: xr.Dataset) -> dict[str, str]:
+    """run -> the label of its latest-epoch checkpoint in a study group."""
+    out = {}
+    for run in dict.fromkeys(str(r) for r in group["run"].values):
+        members = np.flatnonzero(group["run"].values == run)
+        out[run] = str(group["checkpoint"].values[members[np.argmax(group["epoch"].values[members])]])
+    return out
+
+
+def summary(tree: xr.DataTree) -> list[str]:
+    """At most five lines: what the study holds, then per trainable mode (each run's latest checkpoint, mean
+    over runs of the mode) accuracy, small-|gamma| fraction, dead ReLU channels, and pruning vs random."""
+    any_group = next(iter(tree.children.values())).to_dataset()
+    finals = last_checkpoints(any_group)
+    modes = {run: str(any_group["mode"].sel(checkpoint=label).values) for run, label in finals.items()}
+    lines = [f"{any_group.sizes['checkpoint']} checkpoints of {len(finals)} runs "
+             f"({', '.join(f'{r}: {m}' for r, m in modes.items())}); passes {', '.join(n for n in PASSES if n in tree.children)}"]
+
+    def by_mode(group: str, value) -> str | None:
+        if group not in tree.children:
+            return None
+        ds = tree[group].to_dataset()
+        per_mode: dict[str, list[float]] = {}
+        for run, label in finals.items():
+            per_mode.setdefault(modes[run], []).append(float(value(ds.sel(checkpoint=label))))
+        return ", ".join(f"{m} {100 * np.mean(v):.1f}%" for m, v in per_mode.items())
+
+    for text, group, value in (
+            ("accuracy", "sparsity", lambda d: d["accuracy"]),
+            ("BN channels with |gamma| < 0.01", "dead",
+             lambda d: d["pooled_frac_dead"].sel(pool="all", threshold=0.01) if 0.01 in d["threshold"].values else np.nan),
+            ("dead ReLU channels", "sparsity", lambda d: d["pooled_dead_fraction"]),
+            ("accuracy with the small-|gamma| channels pruned", "ablate",
+             lambda d: d["accuracy"].sel(variant="pruned").mean("draw"))):
+        cells = by_mode(group, value)
+        if cells is not None:
+            lines.append(f"{text} (latest epoch): {cells}")
+    if "ablate" in tree.children:
+        cells = by_mode("ablate", lambda d: d["accuracy"].sel(variant="random").mean("draw"))
+        lines[-1] += f"; as many random channels: {cells}"
+    return lines[:5]

@@ -261,3 +261,21 @@ def test_compare_refuses_a_foreign_directory_and_needs_out(runs, tmp_path, cli_e
     (tmp_path / "bad.toml").write_text("[ablate]\nmystery = 1\n")
     assert "[ablate] has no option 'mystery'" in cli_error(
         main, ["compare", runs / "r8-bn", "--out", tmp_path / "s", "--config", tmp_path / "bad.toml"])
+
+
+def test_notebook_runs_clean_on_a_study(study):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    notebook = nbformat.read(REPO / "docs" / "notebooks" / "bn_only_vs_full.ipynb", as_version=4)
+    os.environ["RFPROBE_STUDY"] = str(study)
+    try:
+        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        del os.environ["RFPROBE_STUDY"]
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], "warnings in the notebook"
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # gamma histograms, dead by depth, zero fraction, ablation curve
