@@ -491,9 +491,29 @@ def _compare_parameters() -> list[inspect.Parameter]:
     return params
 
 
+def flatten_study_config(settings: dict, where: str) -> dict:
+    """A compare settings table (the `--config` format: top-level keys are compare's option names, a table
+    per pass its options) as compare's parameter names (`ablate_seeds`); unknown keys are an error."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key in PASSES:
+            known = {o.name for o in PASS_OPTIONS[key] + _pass_data_options(key)}
+            for sub, v in value.items():
+                if sub not in known:
+                    raise RfprobeError(f"{where}: [{key}] has no option {sub!r}; it takes {', '.join(sorted(known))}")
+                flat[f"{key}_{sub}"] = v
+        elif key in {o.name for o in STUDY_OPTIONS} - {"config"}:
+            flat[key] = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs") else value
+        else:
+            raise RfprobeError(f"{where}: unknown setting {key!r}")
+    for key in ("out", "data_root"):
+        if flat.get(key) is not None:
+            flat[key] = Path(flat[key])
+    return flat
+
+
 def _compare_settings(ctx: typer.Context, values: dict) -> dict:
-    """The command line's values over the `--config` file's (tomllib): top-level keys are compare's option
-    names, a table per pass its options (unknown keys are an error)."""
+    """The command line's values over the `--config` file's (tomllib)."""
     import tomllib
 
     config = values.get("config")
@@ -503,23 +523,19 @@ def _compare_settings(ctx: typer.Context, values: dict) -> dict:
         settings = tomllib.loads(Path(config).read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise RfprobeError(f"--config {config}: {e}") from None
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and key in PASSES:
-            known = {o.name for o in PASS_OPTIONS[key] + _pass_data_options(key)}
-            for sub, v in value.items():
-                if sub not in known:
-                    raise RfprobeError(f"--config {config}: [{key}] has no option {sub!r}; it takes {', '.join(sorted(known))}")
-                flat[f"{key}_{sub}"] = v
-        elif key in {o.name for o in STUDY_OPTIONS} - {"config"}:
-            flat[key] = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs") else value
-        else:
-            raise RfprobeError(f"--config {config}: unknown setting {key!r}")
     merged = dict(values)
-    for key, value in flat.items():
+    for key, value in flatten_study_config(settings, f"--config {config}").items():
         if ctx.get_parameter_source(key).name == "DEFAULT":
-            merged[key] = Path(value) if key in ("out", "data_root") and value is not None else value
+            merged[key] = value
     return merged
+
+
+def study_request_from_config(settings: dict, where: str):
+    """(Request, settings by compare's parameter names) of a compare settings table, for a sweep's [analysis]."""
+    values = {p.name: p.default for p in _compare_parameters()[2:]}
+    values.update(flatten_study_config(settings, where))
+    o = SimpleNamespace(**values)
+    return _study_request(o), o
 
 
 def _study_request(o: SimpleNamespace):

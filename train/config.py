@@ -177,14 +177,14 @@ def field_types() -> dict[str, type]:
     return out
 
 
-def _coerce(name: str, value, kind, where: str):
+def coerce(name: str, value, kind, where: str):
     """A TOML value as the field's type (lists become tuples), or a one-line error."""
     origin = typing.get_origin(kind)
     if origin is tuple:
         element = typing.get_args(kind)[0]
         if not isinstance(value, list):
             raise RfprobeError(f"{where}: {name} must be a list, got {value!r}")
-        return tuple(_coerce(name, v, element, where) for v in value)
+        return tuple(coerce(name, v, element, where) for v in value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -192,21 +192,26 @@ def _coerce(name: str, value, kind, where: str):
     return value
 
 
+def load_toml(path: Path, where: str) -> dict:
+    """A TOML file's table (tomllib), or a one-line error starting with `where`."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RfprobeError(f"{where}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise RfprobeError(f"{where}: not valid TOML ({e})") from None
+
+
 def read_toml(path: str | Path) -> dict:
     """The Config fields set in a TOML file (top-level keys, the Config field names), type-checked."""
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise RfprobeError(f"--config {path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
-        raise RfprobeError(f"--config {path}: not valid TOML ({e})") from None
+    table = load_toml(path, f"--config {path}")
     types = field_types()
     unknown = sorted(set(table) - set(types))
     if unknown:
         raise RfprobeError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; the settings are the trainer's "
                            "options with _ for - (e.g. batch_size)")
-    return {name: _coerce(name, value, types[name], f"--config {path}") for name, value in table.items()}
+    return {name: coerce(name, value, types[name], f"--config {path}") for name, value in table.items()}
 
 
 def _toml_value(value) -> str:
