@@ -187,7 +187,9 @@ def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
             for name, depth in zip(ds["layer"].values, ds["depth"].values if "depth" in ds else range(ds.sizes["layer"])):
                 order[name] = min(order.get(name, depth), depth)
         layers = np.array(sorted(order, key=lambda n: (order[n], n)), dtype=object)
-        aligned = [ds.reindex(layer=layers) for ds in demoted]
+        aligned = [ds.reindex(layer=layers, fill_value={  # text (e.g. a stored `role`) is padded with ""
+            name: "" for name, var in ds.variables.items() if "layer" in var.dims and var.dtype.kind in "UTO"})
+            for ds in demoted]
         out = xr.concat(aligned, dim=index, join="outer", coords="minimal", compat="equals",
                         combine_attrs="drop_conflicts")
     out.attrs.update(datasets[0].attrs)
@@ -251,7 +253,7 @@ def save_result(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = Fa
     beside `path` first, then renamed into place, so an interrupted or failed save never damages what was
     there. An existing `path` is refused unless `overwrite`, and even then unless it is an rfprobe result."""
     path = check_writable(path, overwrite)
-    ds = _as_object_strings(ds.copy())
+    ds = _as_object_strings(ds.copy().drop_encoding())
     ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
     with atomic_directory(path) as tmp:
         ds.to_zarr(tmp, mode="w-", zarr_format=ZARR_FORMAT, consolidated=True)

@@ -377,12 +377,11 @@ def merge(out: Path, labels: list[str] | None = None) -> xr.DataTree:
         coords = {c: ("checkpoint", np.array([records[label][c] for label in have],
                                              dtype=object if isinstance(records[have[0]][c], str) else np.int64))
                   for c in STUDY_COORDS}
-        ds = ds.drop_vars([c for c in coords if c in ds.data_vars])
-        if "depth" in ds.variables:
+        if "depth" in ds.variables:  # a BN's position (a coordinate, or per checkpoint for mixed architectures)
             ds = ds.rename({"depth": "layer_depth"})
-        ds = ds.assign_coords(coords)
+        ds = ds.drop_vars([c for c in coords if c in ds.data_vars]).assign_coords(coords)
         ds.attrs.pop("study_fingerprint", None)
-        groups[name] = ds
+        groups[name] = ds.drop_encoding()  # the stores' on-disk dtypes no longer fit padded variables
     tree = xr.DataTree.from_dict(groups)
     tree.attrs = {"rfprobe_study": 1, "passes": ", ".join(groups), "checkpoints": ", ".join(records),
                   "rfprobe_pass": "study"}

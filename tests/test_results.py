@@ -108,3 +108,28 @@ def test_nan_padded_pads_ragged_layers():
     assert out.shape == (3, 2) and out[0].tolist() == [1.0, 2.0] and out[1, 0] == 3.0
     assert np.isnan(out[1, 1]) and np.isnan(out[2]).all()
     assert nan_padded([np.array([1.0])], width=3).shape == (1, 3)
+
+
+def test_stack_of_stored_results_of_different_architectures(tmp_path):
+    """Results read back from zarr (text as numpy StringDType) of two architectures stack: layers aligned on
+    their union, text padded with "", numbers with NaN."""
+    from rfprobe.checkpoint import load_checkpoint, save_checkpoint
+    from rfprobe.models import build_model
+    from rfprobe.passes import dead
+    from rfprobe.results import open_result, save_result, stack
+
+    stored = []
+    for name in ("cifar_resnet_8_4", "cifar_resnet_14"):
+        save_checkpoint(tmp_path / f"{name}.pt", build_model(name, 10, seed=0), mode="bn", dataset="synthetic", epoch=1)
+        ds = dead.run_checkpoint(load_checkpoint(tmp_path / f"{name}.pt"))
+        save_result(stack([ds], [name]), tmp_path / f"{name}.zarr")
+        stored.append(open_result(tmp_path / f"{name}.zarr").isel(checkpoint=0, drop=True))
+    both = stack(stored, ["small", "deep"])
+    roles = both["role"].sel(checkpoint="small").values
+    channels = np.asarray(both["n_channels"].sel(checkpoint="small").values, float)
+    union = set(stored[0]["layer"].values) | set(stored[1]["layer"].values)
+    assert both.sizes["layer"] == len(union) == 16  # ResNet-8's first shortcut is in block 1, ResNet-14's in 2
+    assert (roles == "").sum() == 16 - 9 and np.isnan(channels).sum() == 16 - 9
+    assert (both["role"].sel(checkpoint="deep").values == "").sum() == 1
+    save_result(both, tmp_path / "both.zarr")  # written again without the stores' on-disk dtypes
+    xr.testing.assert_identical(open_result(tmp_path / "both.zarr").drop_attrs(), both.drop_attrs())

@@ -279,3 +279,20 @@ def test_notebook_runs_clean_on_a_study(study):
     assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], "warnings in the notebook"
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4  # gamma histograms, dead by depth, zero fraction, ablation curve
+
+
+def test_study_of_two_architectures_merges_reports_and_keeps_layer_depths(tmp_path, capsys):
+    from rfprobe.checkpoint import save_checkpoint
+    from rfprobe.models import build_model
+
+    for name in ("cifar_resnet_8_4", "cifar_resnet_14"):
+        save_checkpoint(tmp_path / f"{name}.pt", build_model(name, 10, seed=0), mode="bn", dataset="synthetic", epoch=1)
+    out = tmp_path / "mixed"
+    compare([tmp_path / "cifar_resnet_8_4.pt", tmp_path / "cifar_resnet_14.pt", "--passes", "affine,dead,signal",
+             "--signal-batch", "8", "--out", out], capsys)
+    with pytest.raises(SystemExit):
+        main(["report", str(out)])
+    dead = as_result(open_study(out).load()["dead"].to_dataset())
+    assert dead["depth"].dims == ("checkpoint", "layer") and dead["net_depth"].values.tolist() == [8, 14]
+    assert int(np.isfinite(dead["depth"].sel(checkpoint="cifar_resnet_8_4").values.astype(float)).sum()) == 9
+    assert (out / "report.html").exists()
