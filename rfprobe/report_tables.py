@@ -243,7 +243,8 @@ def _format(value, kind: str) -> str:
 
 
 MAX_COLUMNS = 8
-"""a study table shows checkpoints as columns up to this many, else one column per mode (mean ± std, n)"""
+"""a study table shows checkpoints as columns up to this many, else one column per mode (mean ± std over
+the runs of the mode, each run's latest checkpoint, and their number n)"""
 
 
 def study_groups(tree: xr.DataTree) -> list[tuple[str, xr.DataTree]]:
@@ -254,8 +255,8 @@ def study_groups(tree: xr.DataTree) -> list[tuple[str, xr.DataTree]]:
 
 
 def study_tables(tree: xr.DataTree) -> list[Table]:
-    """One table per pass group of a study: its key numbers per checkpoint, or per mode when there are more
-    than MAX_COLUMNS checkpoints."""
+    """One table per pass group of a study: its key numbers per checkpoint, or per mode (over each run's
+    latest checkpoint) when there are more than MAX_COLUMNS checkpoints."""
     from rfprobe.study import as_result
 
     out = []
@@ -268,7 +269,10 @@ def study_tables(tree: xr.DataTree) -> list[Table]:
             columns = {label: {r: _format(*numbers[label].get(r, (None, "num"))) for r in rows} for label in labels}
             title = f"{name}: one column per checkpoint"
         else:
-            modes = [str(m) for m in ds["mode"].values]
+            from rfprobe.study import last_checkpoints
+
+            labels = list(last_checkpoints(ds).values())  # one per run: its latest epoch
+            modes = [str(ds["mode"].sel(checkpoint=label).values) for label in labels]
             columns = {}
             for mode in dict.fromkeys(modes):
                 members = [label for label, m in zip(labels, modes) if m == mode]
@@ -282,7 +286,7 @@ def study_tables(tree: xr.DataTree) -> list[Table]:
                         f"{_format(values.mean(), kind)} ± {_format(values.std(), kind)}" if values.size > 1
                         else _format(values[0], kind))
                 columns[f"{mode} (n={len(members)})"] = cells
-            title = f"{name}: mean ± std over the checkpoints of each mode"
+            title = f"{name}: mean ± std over the runs of each mode (each run's latest checkpoint)"
         out.append(checkpoint_table(title, columns, [(r, lambda c, r=r: c[r]) for r in rows]))
     return out
 

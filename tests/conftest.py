@@ -48,3 +48,19 @@ def cli_error(capsys):
         return err.strip()
 
     return run
+
+
+def kill_when(args, ready, timeout: float = 120.0) -> None:
+    """Start `args` (in the repository), SIGKILL it as soon as `ready()` is true, and check it really died by
+    the signal (so the test exercises an interrupted run, not a finished one)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]

@@ -6,10 +6,8 @@ import json
 import os
 import re
 import shutil
-import signal as signals
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 import torch
 import xarray as xr
 
-from conftest import REPO
+from conftest import REPO, kill_when
 from rfprobe.cli import main
 from rfprobe.results import open_result
 from rfprobe.study import STUDY_COORDS, as_result, expand_inputs, open_study
@@ -162,13 +160,7 @@ def test_killed_study_resumes_recomputing_only_the_missing_stores(runs, study, t
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "rfprobe.cli", "compare", str(runs / "r8-bn"), str(runs / "r8-all"), "--epochs", "all",
             "--config", str(runs / "study.toml"), "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    deadline = time.time() + 120
-    while not list(out.glob("runs/*/*.zarr")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signals.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signals.SIGKILL
+    kill_when(args, lambda: bool(list(out.glob("runs/*/*.zarr"))))
     there = len(list(out.glob("runs/*/*.zarr")))
     assert 1 <= there < 36 and not (out / "study.zarr").exists()
     report = json.loads(compare([*args[4:], "--json"], capsys))

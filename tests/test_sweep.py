@@ -2,17 +2,14 @@
 resuming after SIGKILL without retraining finished runs, failures reported without stopping the others,
 --dry-run, and the slurm job array built from the spec (no cluster needed)."""
 
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import xarray as xr
 
-from conftest import REPO
+from conftest import REPO, kill_when
 from rfprobe.checkpoint import load_checkpoint
 from rfprobe.study import open_study
 from train.grid import plan, read_spec, state
@@ -80,14 +77,8 @@ def test_submitit_local_equals_local_bitwise(local_sweep, tmp_path):
 
 def test_killed_sweep_resumes_without_retraining_finished_runs(local_sweep, tmp_path, capsys):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "train.sweep", str(SMOKE), "--out", str(out), "--jobs", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    deadline = time.time() + 120
-    while not list(out.glob("train/*/final.pt")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when([sys.executable, "-m", "train.sweep", SMOKE, "--out", out, "--jobs", "1"],
+              lambda: bool(list(out.glob("train/*/final.pt"))))
     finished = [p.parent for p in out.glob("train/*/final.pt")]
     assert len(finished) >= 1 and len(finished) < 3
     mtimes = {p: p.stat().st_mtime_ns for d in finished for p in d.iterdir()}
