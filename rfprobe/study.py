@@ -20,7 +20,7 @@ import os
 import re
 import tomllib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -335,15 +335,17 @@ def run_study(entries: list[Entry], out: Path, request: Request, jobs: int = 1,
     return {e.label: done[e.label] for e in entries}
 
 
-def _records(out: Path) -> dict[str, dict]:
-    """label -> checkpoint.json of every checkpoint under out/runs, in (run, epoch, label) order."""
-    records = {}
+def records(out: str | os.PathLike) -> dict[str, dict]:
+    """The provenance records (checkpoint.json) of a study directory: label -> record, in (run, epoch,
+    label) order."""
+    out = Path(out)
+    found = {}
     for path in sorted((out / "runs").glob("*/checkpoint.json")):
         try:
-            records[path.parent.name] = json.loads(path.read_text())
+            found[path.parent.name] = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise RfprobeError(f"{path}: unreadable ({e}); rerun rfprobe compare for that checkpoint") from None
-    return dict(sorted(records.items(), key=lambda kv: (kv[1].get("run", ""), kv[1].get("epoch", -1), kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].get("run", ""), kv[1].get("epoch", -1), kv[0])))
 
 
 def merge(out: Path, labels: list[str] | None = None) -> xr.DataTree:
@@ -354,28 +356,28 @@ def merge(out: Path, labels: list[str] | None = None) -> xr.DataTree:
     from rfprobe.passes.affine import rebin
     from rfprobe.results import ZARR_FORMAT, check_writable, open_result, stack
 
-    records = _records(out)
+    recs = records(out)
     if labels is None and (out / "study.zarr").exists():  # keep the order of the study being re-merged
         try:
             previous = xr.open_datatree(out / "study.zarr", engine="zarr").attrs.get("checkpoints", "").split(", ")
         except Exception:  # an unreadable old merge is replaced: the stores are the truth
             previous = []
-        labels = [label for label in previous if label in records] + [label for label in records if label not in previous]
+        labels = [label for label in previous if label in recs] + [label for label in recs if label not in previous]
     if labels is not None:
-        records = {label: records[label] for label in labels if label in records}
-    if not records:
+        recs = {label: recs[label] for label in labels if label in recs}
+    if not recs:
         raise RfprobeError(f"{out}: no study stores under {out / 'runs'} (run rfprobe compare first)")
     groups = {}
     for name in PASSES:
-        have = [label for label in records if store_path(out, label, name).exists()]
+        have = [label for label in recs if store_path(out, label, name).exists()]
         if not have:
             continue
         results = [open_result(store_path(out, label, name)).isel(checkpoint=0, drop=True) for label in have]
         if name == "affine":
             results = rebin(results)
         ds = stack(results, have)
-        coords = {c: ("checkpoint", np.array([records[label][c] for label in have],
-                                             dtype=object if isinstance(records[have[0]][c], str) else np.int64))
+        coords = {c: ("checkpoint", np.array([recs[label][c] for label in have],
+                                             dtype=object if isinstance(recs[have[0]][c], str) else np.int64))
                   for c in STUDY_COORDS}
         if "depth" in ds.variables:  # a BN's position (a coordinate, or per checkpoint for mixed architectures)
             ds = ds.rename({"depth": "layer_depth"})
@@ -383,7 +385,7 @@ def merge(out: Path, labels: list[str] | None = None) -> xr.DataTree:
         ds.attrs.pop("study_fingerprint", None)
         groups[name] = ds.drop_encoding()  # the stores' on-disk dtypes no longer fit padded variables
     tree = xr.DataTree.from_dict(groups)
-    tree.attrs = {"rfprobe_study": 1, "passes": ", ".join(groups), "checkpoints": ", ".join(records),
+    tree.attrs = {"rfprobe_study": 1, "passes": ", ".join(groups), "checkpoints": ", ".join(recs),
                   "rfprobe_pass": "study"}
     path = check_writable(out / "study.zarr", True)
     with atomic_directory(path) as tmp:
@@ -406,14 +408,6 @@ def open_study(path: str | os.PathLike) -> xr.DataTree:
         raise RfprobeError(f"{store}: no study here (run rfprobe compare ... --out {path})")
     return xr.open_datatree(store, engine="zarr")
 
-
-def records(out: str | os.PathLike) -> dict[str, dict]:
-    """The provenance records (checkpoint.json) of a study directory, by label."""
-    return _records(Path(out))
-
-
-def request_dict(request: Request) -> dict:
-    return asdict(request)
 
 
 def last_checkpoints(group: xr.Dataset) -> dict[str, str]:
