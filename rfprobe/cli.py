@@ -180,13 +180,13 @@ def run_pass(pass_name: str, labels: list[str], measure, *, out: Path | None, pl
 
 
 def measure_each(checkpoints: list[Path], labels: list[str], run_one, *, arch, num_classes, device,
-                 data_options: DataOptions | None = None, default_dataset=lambda ckpt: None, description: str = "",
+                 data_options: DataOptions | None = None, description: str = "",
                  progress: bool = False):
     """`run_one(checkpoint, data)` for each checkpoint in turn (`each_checkpoint`), stacked on `checkpoint`."""
     from rfprobe.results import stack
 
     return stack([run_one(c, data) for c, data in each_checkpoint(
-        checkpoints, arch, num_classes, device, data_options, default_dataset, description, progress)], labels)
+        checkpoints, arch, num_classes, device, data_options, description, progress)], labels)
 
 
 # ---------------------------------------------------------------- info, export
@@ -352,7 +352,7 @@ def each_checkpoint_pass(pass_name: str, o: SimpleNamespace, description: str = 
     options, then the skeleton (`run_pass`)."""
     import importlib
 
-    from rfprobe.data import DATASETS, resolve_device
+    from rfprobe.data import resolve_device
 
     module = importlib.import_module(f"rfprobe.passes.{pass_name}")
     reads_data = PASS_DATA[pass_name] is not None
@@ -369,7 +369,7 @@ def each_checkpoint_pass(pass_name: str, o: SimpleNamespace, description: str = 
     run_pass(pass_name, labels, lambda: measure_each(
         o.checkpoints, labels, lambda c, data: module.run_checkpoint(c, data, options, **run),
         arch=o.arch, num_classes=o.num_classes, device=dev, data_options=data_options,
-        default_dataset=lambda c: c.dataset if c.dataset in DATASETS else "cifar10", description=description,
+        description=description,
         progress=reads_data and not o.json_out),
         files=o.checkpoints, **_outputs(o))
 
@@ -562,7 +562,7 @@ def compare(ctx: typer.Context, **values) -> None:
     """Run several passes over many checkpoints, one checkpoint at a time and resumably, into one study
     (DIR/study.zarr, an xarray DataTree) with side-by-side tables."""
     from rfprobe import study
-    from rfprobe.progress import track
+    from rfprobe.progress import counter
     from rfprobe.report_tables import study_json, study_tables
 
     o = SimpleNamespace(**_compare_settings(ctx, values))
@@ -581,12 +581,8 @@ def compare(ctx: typer.Context, **values) -> None:
         _check_study_dir(out)
         entries = study.expand_inputs(o.inputs, study.parse_epochs(o.epochs))
         check_files([e.path for e in entries])
-        if o.jobs > 1:
-            status = study.run_study(entries, out, request, jobs=o.jobs)
-        else:
-            status = {}
-            for entry in track(entries, len(entries), "compare", enabled=not o.json_out):
-                status[entry.label] = study.run_entry(entry, out, request)
+        with counter(len(entries), "compare", enabled=not o.json_out) as advance:
+            status = study.run_study(entries, out, request, jobs=o.jobs, on_done=lambda label, done: advance())
     tree = study.merge(out, [e.label for e in entries] if entries else None)
     written = {"study": str(out / "study.zarr")}
     if o.epochs is not None and not o.merge_only:
@@ -613,8 +609,9 @@ def _check_study_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RfprobeError(f"--out {out} is a file; give a directory for the study")
     if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in ("runs", "study.zarr", "trajectory.png", "report.html", "figures")
-                   and not p.name.startswith(".")]
+        from rfprobe.study import STUDY_FILES
+
+        foreign = [p.name for p in out.iterdir() if p.name not in STUDY_FILES and not p.name.startswith(".")]
         if foreign:
             raise RfprobeError(f"--out {out} holds files a study does not write ({', '.join(sorted(foreign)[:3])}); "
                                "choose an empty or study directory")

@@ -82,9 +82,9 @@ class DataOptions:
 
 
 def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,
-                    default_dataset=lambda ckpt: None, description: str = "", progress: bool = False):
+                    description: str = "", progress: bool = False):
     """Yield `(checkpoint, data)` one checkpoint at a time (memory bounded by one model), with `data` loaded
-    once (the dataset `default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
+    once (`default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
     each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`."""
     from rfprobe.progress import track
 
@@ -101,3 +101,9 @@ def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: 
         yield ckpt, data_options.for_checkpoint(ckpt, data)
 
 
+def default_dataset(checkpoint) -> str:
+    """The dataset a checkpoint is measured on when none is given: its training dataset if rfprobe knows it,
+    else cifar10 (a bare state dict records none)."""
+    from rfprobe.data import DATASETS
+
+    return checkpoint.dataset if checkpoint.dataset in DATASETS else "cifar10"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -11,14 +12,22 @@ T = TypeVar("T")
 _stderr = Console(stderr=True)
 
 
-def track(iterable: Iterable[T], total: int | None = None, description: str = "", enabled: bool = True) -> Iterator[T]:
-    """Yield from `iterable`, drawing a progress bar on stderr when `enabled` (and stderr is a terminal)."""
+@contextmanager
+def counter(total: int | None, description: str = "", enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr for work that reports its own completions: yields `advance()` to call once
+    per finished item (a no-op when not `enabled` or stderr is not a terminal)."""
     if not enabled or not _stderr.is_terminal:
-        yield from iterable
+        yield lambda: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_stderr, transient=True) as progress:
         task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+def track(iterable: Iterable[T], total: int | None = None, description: str = "", enabled: bool = True) -> Iterator[T]:
+    """Yield from `iterable`, drawing a progress bar on stderr when `enabled` (and stderr is a terminal)."""
+    with counter(total, description, enabled) as advance:
         for item in iterable:
             yield item
-            progress.advance(task)
+            advance()

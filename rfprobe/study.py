@@ -19,7 +19,6 @@ import json
 import os
 import re
 import tomllib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,6 +33,9 @@ STUDY_COORDS = ("run", "mode", "arch", "depth", "width", "seed", "epoch", "datas
 """coordinates on `checkpoint` in every group of study.zarr: the network's depth and width (from the
 architecture name), the training seed, epoch and dataset; a pass's per-layer `depth` (a BN's position in
 forward order) is `layer_depth` there (`as_result` gives a group back in its pass's own schema)"""
+
+STUDY_FILES = ("runs", "study.zarr", "trajectory.png", "report.html", "figures")
+"""what a study directory holds: rfprobe compare, report and plot write these, and nothing else"""
 
 TRAJECTORY_FILE = re.compile(r"epoch_(\d+)\.pt$")
 GLOB_CHARS = re.compile(r"[*?\[]")
@@ -190,11 +192,15 @@ class Request:
     num_classes: int | None = None
     command: list[str] = field(default_factory=list)
 
+    def reads_data(self, pass_name: str) -> bool:
+        """Whether the pass measures data (signal only with `input_kind` data)."""
+        return PASS_DATA[pass_name] is not None and (
+            pass_name != "signal" or self.options["signal"].get("input_kind") == "data")
+
     def fingerprint(self, pass_name: str, device_kind: str) -> str:
         """The JSON of what decides one pass's numbers (not where data lives, not the command line)."""
-        reads = PASS_DATA[pass_name] is not None
         decided = {"pass": pass_name, "options": self.options[pass_name]}
-        if reads and (pass_name != "signal" or self.options["signal"].get("input_kind") == "data"):
+        if self.reads_data(pass_name):
             decided.update(dataset=self.dataset, split=self.split, normalization=self.normalization, mean=self.mean,
                            std=self.std, limit=self.limits.get(pass_name), batch_size=self.batch_sizes.get(pass_name),
                            device=device_kind)
@@ -245,10 +251,9 @@ _DATA_CACHE: dict = {}
 
 def _data_for(request: Request, pass_name: str, ckpt):
     """The data a pass measures `ckpt` on, normalised for it; loaded once per process and dataset."""
-    from rfprobe.loading import DataOptions
-    from rfprobe.data import DATASETS
+    from rfprobe.loading import DataOptions, default_dataset
 
-    dataset = request.dataset or (ckpt.dataset if ckpt.dataset in DATASETS else "cifar10")
+    dataset = request.dataset or default_dataset(ckpt)
     options = DataOptions(dataset, request.split, request.data_root, request.download, request.limits.get(pass_name),
                           request.normalization, request.mean, request.std)
     if pass_name == "signal":
@@ -296,7 +301,7 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
     for name in todo:
         module = importlib.import_module(f"rfprobe.passes.{name}")
         data = None
-        if PASS_DATA[name] is not None and (name != "signal" or request.options["signal"].get("input_kind") == "data"):
+        if request.reads_data(name):
             data = _data_for(request, name, ckpt)
         ds = module.run_checkpoint(ckpt, data, request.options[name], batch_size=request.batch_sizes.get(name, 500),
                                    device=device, command=request.command, progress=False,
@@ -308,31 +313,17 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
     return status
 
 
-def _run_entry_task(args):
-    return args[0].label, run_entry(*args)
-
-
 def run_study(entries: list[Entry], out: Path, request: Request, jobs: int = 1,
               on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict[str, str]]:
     """`run_entry` for every checkpoint: in this process (`jobs` 1) or in `jobs` worker processes, each with
-    its share of the CPU threads. Returns label -> pass -> computed/skipped."""
-    out.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict[str, str]] = {}
-    if jobs <= 1:
-        for entry in entries:
-            done[entry.label] = run_entry(entry, out, request)
-            if on_done:
-                on_done(entry.label, done[entry.label])
-        return done
-    import multiprocessing
+    its share of the CPU threads (rfprobe.pool). Returns label -> pass -> computed/skipped."""
+    from rfprobe.pool import run_tasks, threads_per_job
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for label, status in pool.map(_run_entry_task, [(e, out, request, threads) for e in entries]):
-            done[label] = status
-            if on_done:
-                on_done(label, status)
-    return {e.label: done[e.label] for e in entries}
+    out.mkdir(parents=True, exist_ok=True)
+    threads = threads_per_job(jobs) if jobs > 1 else None
+    results = run_tasks(run_entry, [(e, out, request, threads) for e in entries], jobs,
+                        None if on_done is None else lambda i, status: on_done(entries[i].label, status))
+    return {e.label: status for e, status in zip(entries, results)}
 
 
 def records(out: str | os.PathLike) -> dict[str, dict]:

@@ -1,15 +1,13 @@
 """Where a sweep's runs (and its study's checkpoints) execute: `debug` (this process, one after another),
-`local` (N worker processes, each with cores/N torch threads), `submitit-local` (submitit's LocalExecutor:
-real subprocesses, for tests) and `slurm` (submitit job arrays, requeued on preemption or timeout).
+`local` (N worker processes, each with cores/N torch threads: rfprobe.pool), `submitit-local` (submitit's
+LocalExecutor: real subprocesses, for tests) and `slurm` (submitit job arrays, requeued on preemption or
+timeout).
 submitit is the optional extra `cluster`, imported only for the submitit executors."""
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -82,23 +80,6 @@ def submitit_executor(kind: str, folder: Path, slurm: dict, threads: int | None 
     return executor
 
 
-def run_local(tasks: list[tuple], fn: Callable, jobs: int, on_done: Callable[[int, object], None]) -> list:
-    """`fn(*task)` for every task in `jobs` spawned worker processes (results in task order)."""
-    results: list = [None] * len(tasks)
-    if jobs <= 1:
-        for i, task in enumerate(tasks):
-            results[i] = fn(*task)
-            on_done(i, results[i])
-        return results
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            on_done(i, results[i])
-    return results
-
-
 def run_submitit(executor, tasks: list[tuple], fn: Callable, on_done: Callable[[int, object], None]) -> list:
     """`fn(*task)` for every task as one submitit job array; waits for all of them."""
     with executor.batch():
@@ -111,8 +92,4 @@ def run_submitit(executor, tasks: list[tuple], fn: Callable, on_done: Callable[[
             results.append(f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         on_done(i, results[-1])
     return results
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from rfprobe.entrypoint import run_app
 from rfprobe.errors import RfprobeError
+from rfprobe.pool import run_tasks, threads_per_job
 from train import executors
 from train.grid import Run, config_dict, error_file, plan, read_spec, state
 
@@ -46,10 +47,10 @@ def _record_refused(runs: list[Run], out: Path) -> None:
 
 def train_runs(runs: list[Run], out: Path, executor: str, jobs: int, slurm: dict) -> dict[str, str]:
     """Train every run that is not done (resuming partial ones) through `executor`; name -> done/failed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rfprobe.progress import counter
 
     todo = [r for r in runs if r.config is not None and state(r, out).state != "done"]
-    threads = max(1, executors.cores() // max(1, jobs)) if executor == "local" else None
+    threads = threads_per_job(jobs) if executor == "local" else None
     tasks = []
     for run in todo:
         config = config_dict(run.config)
@@ -59,18 +60,15 @@ def train_runs(runs: list[Run], out: Path, executor: str, jobs: int, slurm: dict
     outcome: dict[str, str] = {}
     if not tasks:
         return outcome
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
-        bar = progress.add_task(f"training ({executor})", total=len(tasks))
-
+    with counter(len(tasks), f"training ({executor})") as advance:
         def done(i: int, result) -> None:
             outcome[todo[i].name] = str(result)
-            progress.advance(bar)
+            advance()
             if str(result) != "done":
                 console.print(f"{todo[i].name}: {result}; see {out / 'logs' / (todo[i].name + '.log')}", highlight=False)
 
         if executor in ("local", "debug"):
-            executors.run_local(tasks, executors.train_job, jobs if executor == "local" else 1, done)
+            run_tasks(executors.train_job, tasks, jobs if executor == "local" else 1, done)
         else:
             ex = executors.submitit_executor(executor, out / "submitit", slurm)
             executors.run_submitit(ex, tasks, executors.TrainingJob(), done)
