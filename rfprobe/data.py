@@ -335,17 +335,18 @@ def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | No
     return data.subset(limit)
 
 
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 images -> float (x/255 - mean) / std per channel; float points -> (x - mean) / std."""
+def normalize(x: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images -> (x/255 - mean) / std per channel; float points -> (x - mean) / std; computed in `dtype`."""
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    mean_t = torch.as_tensor(mean, dtype=dtype, device=x.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=dtype, device=x.device).view(shape)
+    x = x.to(dtype).div_(255) if x.dtype == torch.uint8 else x.to(dtype)
     return (x - mean_t) / std_t
 
 
 def batches(data: Data, batch_size: int, device: str | torch.device = "cpu", *, shuffle: bool = False,
-            generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            generator: torch.Generator | None = None, drop_last: bool = False,
+            dtype: torch.dtype = torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield normalised float batches `(x, y)` on `device`, in order (or a `generator`-seeded permutation).
     The dataset is moved to the device once; each batch is indexed and normalised there."""
     if batch_size < 1:
@@ -357,4 +358,4 @@ def batches(data: Data, batch_size: int, device: str | torch.device = "cpu", *, 
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         index = slice(start, min(start + batch_size, n)) if order is None else order[start:start + batch_size]
-        yield normalize(x[index], data.mean, data.std), y[index]
+        yield normalize(x[index], data.mean, data.std, dtype), y[index]

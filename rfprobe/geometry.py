@@ -3,12 +3,13 @@
 `Tangent(model)` is a float64, eval-mode copy of a model (BN is then a fixed affine map) whose forward
 returns, besides the logits, the pre-activation z of every ReLU site (keyed like `rfprobe.sites`) and the
 input of the conv/linear layer that feeds it. `Tangent.jvp(x, v)` gives z(x) and its directional
-derivative J_z(x) v for all units in one `torch.func.jvp`.
+derivatives J_z(x) v for all units, several directions per point, in one dual forward (`rfprobe.dual`).
 
 On top of it, all exact (no sampling):
 - `walk(tf, a, b)`: the breakpoints of x(t) = a + t (b - a), t in [0, 1]. Inside a region every z_k is
   affine in t, so from an evaluation point t_e the next crossing is t_e + min_k {-z_k / dz_k > 0}; the walk
-  evaluates at each crossing + `delta` (in t), one JVP per region crossed.
+  is that of evaluating at each crossing + `delta` (in t), computed by updating only what each crossing
+  changes (`rfprobe.regionwalk`).
 - `gradient_norms` / `exact_distance`: ||grad_x z_k|| by forward mode over the input dimensions (chunked:
   memory O(units x chunk)), and the distance from x to its region's boundary min_k |z_k| / ||grad z_k||
   (the region is the convex polytope where every sign is fixed and every z_k affine).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import operator
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +31,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rfprobe.dual import Program
 from rfprobe.errors import RfprobeError
+from rfprobe.regionwalk import walk_segment
 from rfprobe.sites import BN_TYPES, WEIGHT_TYPES, ReluSite, find_sites
 
 _LINEAR_MODULES = (*WEIGHT_TYPES, *BN_TYPES, nn.ReLU, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -108,14 +110,6 @@ class EvalBN(nn.Module):
         return x * self.scale.view(shape) + self.shift.view(shape)
 
 
-def _load_jvp_decompositions() -> None:
-    """torch loads its JVP decompositions on the first JVP through a deprecated torch.jit.script call that
-    warns (a FutureWarning of torch's own); load them here, quietly."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-        import torch._decomp.decompositions_for_jvp  # noqa: F401
-
-
 @dataclass
 class Layer:
     """One ReLU site of a `Tangent`: its key, its units' shape (C, *spatial) and where they sit in `concat`."""
@@ -155,11 +149,11 @@ class Tangent:
     has_input: list = field(default_factory=list)
     """per layer: whether the graph returns the feeding conv/linear layer's input"""
     _weight_norms: list = field(default_factory=list)
+    program: Program | None = None
 
     @classmethod
     def from_model(cls, model: nn.Module, device=None, dtype=torch.float64) -> "Tangent":
         arch = getattr(model, "rfprobe_arch", type(model).__name__)
-        _load_jvp_decompositions()
         device = torch.device(device) if device is not None else next(model.parameters()).device
         net_model = copy.deepcopy(model).to(device=device, dtype=dtype).eval().requires_grad_(False)
         sites = find_sites(net_model)
@@ -208,6 +202,7 @@ class Tangent:
             if layer.producer is not None:
                 layer.weight = layer.producer.weight.detach()
         tf.n_units = offset
+        tf.program = Program(graph, [layer.site.node for layer in layers], tf.input_shape, dtype, device)
         return tf
 
     # ------------------------------------------------------------ forward passes
@@ -227,11 +222,10 @@ class Tangent:
         return [next(it) if has else None for has in self.has_input]
 
     def jvp(self, x: torch.Tensor, v: torch.Tensor):
-        """(z, dz): every layer's pre-activations z(x) and J_z(x) v, each flattened to (B, units)."""
-        x, v = self._cast(x), self._cast(v)
+        """(z, dz): every layer's pre-activations z(x) (P, units) and J_z(x) v (P r, units) for points x (P, ...)
+        and r directions v per point (point-major), by one dual forward (`rfprobe.dual`)."""
         with torch.no_grad():
-            (_, zs, _), (_, dzs, _) = torch.func.jvp(self.net, (x,), (v,))
-        return [z.flatten(1) for z in zs], [dz.flatten(1) for dz in dzs]
+            return self.program.dual(self._cast(x), self._cast(v))
 
     def signs(self, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
         """The activation pattern (z > 0) of every unit at each point, (N, units) bool."""
@@ -265,63 +259,40 @@ class Walk:
     t: list[np.ndarray]
     layer: list[np.ndarray]
     length: np.ndarray
-    jvps: int
+    evaluations: int
+    """full dual forwards (the first of each segment, merged crossings and periodic refreshes)"""
 
     @property
     def counts(self) -> np.ndarray:
         return np.array([len(t) for t in self.t])
 
 
-def walk(tf: Tangent, a: torch.Tensor, b: torch.Tensor, *, delta: float = 1e-9, batch: int = 64,
-         max_breakpoints: int = 1_000_000) -> Walk:
-    """Exact breakpoints of the segments x_i(t) = a_i + t (b_i - a_i), t in [0, 1], batched over segments.
+def walk(tf: Tangent, a: torch.Tensor, b: torch.Tensor, *, delta: float = 1e-9, max_breakpoints: int = 1_000_000,
+         refresh: int = 256) -> Walk:
+    """Exact breakpoints of the segments x_i(t) = a_i + t (b_i - a_i), t in [0, 1], one segment at a time.
 
-    At an evaluation point t_e (0, then each breakpoint + `delta`) one JVP gives z and dz/dt; the next
-    breakpoint is t_e + min_k {-z_k / dz_k : > 0}. Crossings closer than `delta` (in t) to the previous one
-    merge into it."""
+    The plain walk: at an evaluation point t_e (0, then each breakpoint + `delta`) the pre-activations z and
+    dz/dt give the next breakpoint t_e + min_k {-z_k / dz_k : > 0}; crossings closer than `delta` (in t) to
+    the previous one merge into it. `rfprobe.regionwalk` computes exactly that, updating after each
+    crossing only the units it changes (full evaluations when crossings merge and every `refresh` crossings)."""
     a, b = tf._cast(a).flatten(1), tf._cast(b).flatten(1)
     d = b - a
-    n = a.shape[0]
-    t = torch.zeros(n, dtype=tf.dtype, device=tf.device)
-    found_t: list[list[float]] = [[] for _ in range(n)]
-    found_layer: list[list[int]] = [[] for _ in range(n)]
-    active = torch.arange(n, device=tf.device)
-    jvps = 0
-    while active.numel():
-        still = []
-        for start in range(0, active.numel(), batch):
-            chunk = active[start:start + batch]
-            zs, dzs = tf.jvp(a[chunk] + t[chunk, None] * d[chunk], d[chunk])
-            jvps += 1
-            best = torch.full((chunk.numel(),), torch.inf, dtype=tf.dtype, device=tf.device)
-            which = torch.full((chunk.numel(),), -1, dtype=torch.long, device=tf.device)
-            for i, (z, dz) in enumerate(zip(zs, dzs)):
-                step = torch.where(dz != 0, -z / dz, torch.inf)
-                step = torch.where(step > 0, step, torch.inf).amin(1)
-                which = torch.where(step < best, i, which)
-                best = torch.minimum(step, best)
-            t_next = t[chunk] + best
-            crossing = t_next < 1
-            for j in torch.nonzero(crossing).flatten().tolist():
-                seg = int(chunk[j])
-                found_t[seg].append(float(t_next[j]))
-                found_layer[seg].append(int(which[j]))
-                if len(found_t[seg]) >= max_breakpoints:
-                    crossing[j] = False
-            t[chunk] = torch.where(crossing, t_next + delta, t[chunk])
-            still.append(chunk[crossing])
-        active = torch.cat(still)
-    length = d.norm(dim=1).cpu().numpy()
-    return Walk([np.array(x) for x in found_t], [np.array(x, dtype=np.int64) for x in found_layer], length, jvps)
+    found_t, found_layer, evaluations = [], [], 0
+    for i in range(a.shape[0]):
+        t, layer, n = walk_segment(tf, a[i], d[i], delta=delta, max_breakpoints=max_breakpoints, refresh=refresh)
+        found_t.append(np.array(t, dtype=np.float64))
+        found_layer.append(np.array(layer, dtype=np.int64))
+        evaluations += n
+    return Walk(found_t, found_layer, d.norm(dim=1).cpu().numpy(), evaluations)
 
 
 # ---------------------------------------------------------------- distances
 
 
 def gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """z and ||grad_x z_k|| exactly for every unit, by JVPs along the input basis: ||grad z_k||^2 =
-    sum_i (J e_i)_k^2, `chunk` basis vectors per point per JVP (rows per JVP bounded by `tf.rows`).
-    x is one point (returns (units,) each) or a batch (N, ...) (returns (N, units) each)."""
+    """z and ||grad_x z_k|| exactly for every unit, by forward mode along the input basis: ||grad z_k||^2 =
+    sum_i (J e_i)_k^2, each point followed by `chunk` basis vectors in one dual forward (rows bounded by
+    `tf.rows`). x is one point (returns (units,) each) or a batch (N, ...) (returns (N, units) each)."""
     single = x.shape == torch.Size(tf.input_shape)
     x = tf._cast(x)
     dim = int(np.prod(tf.input_shape))
@@ -336,10 +307,10 @@ def gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64) -> tuple[torch
             c = min(chunk, dim - start)
             basis = torch.zeros((c, dim), dtype=tf.dtype, device=tf.device)
             basis[torch.arange(c), torch.arange(start, start + c)] = 1
-            zs, dzs = tf.jvp(xs.repeat_interleave(c, 0), basis.repeat(m, 1))
+            zs, dzs = tf.jvp(xs, basis.repeat(m, 1))
             sumsq += torch.cat(dzs, 1).square().reshape(m, c, -1).sum(1)
             if start == 0:
-                zs_all.append(torch.cat(zs, 1)[::c])
+                zs_all.append(torch.cat(zs, 1))
         norms.append(sumsq.sqrt())
     z, g = torch.cat(zs_all), torch.cat(norms)
     return (z[0], g[0]) if single else (z, g)
@@ -357,8 +328,8 @@ def hutchinson_norms(tf: Tangent, x: torch.Tensor, probes: int, generator: torch
         xs = x[start:start + per]
         m = xs.shape[0]
         v = torch.randn((m * probes, dim), generator=generator, dtype=tf.dtype).to(tf.device)
-        zs, dzs = tf.jvp(xs.repeat_interleave(probes, 0), v)
-        zs_all.append(torch.cat(zs, 1)[::probes])
+        zs, dzs = tf.jvp(xs, v)
+        zs_all.append(torch.cat(zs, 1))
         norms.append(torch.cat(dzs, 1).square().reshape(m, probes, -1).mean(1).sqrt())
     return torch.cat(zs_all), torch.cat(norms)
 
@@ -469,8 +440,8 @@ def slice_partition(tf: Tangent, origin: torch.Tensor, plane: torch.Tensor, box,
         points = np.array([point for point, _ in todo])
         p = torch.as_tensor(points, dtype=tf.dtype, device=tf.device)
         x = origin + p @ plane.T
-        zs, dzs = tf.jvp(x.repeat_interleave(2, 0), directions.repeat(len(points), 1))
-        z = torch.cat(zs, 1)[::2].cpu().numpy()
+        zs, dzs = tf.jvp(x, directions.repeat(len(points), 1))
+        z = torch.cat(zs, 1).cpu().numpy()
         dz = torch.cat(dzs, 1).cpu().numpy()
         grad = np.stack([dz[0::2], dz[1::2]], -1)
         for i in range(len(points)):

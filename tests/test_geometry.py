@@ -77,7 +77,7 @@ def test_walk_equals_dense_sampling_resnet(resnet):
 def test_batched_walk_equals_one_at_a_time(mlp):
     g = torch.Generator().manual_seed(3)
     a, b = 2 * torch.randn(2, 7, 2, generator=g, dtype=torch.float64)
-    together = walk(mlp, a, b, batch=3)
+    together = walk(mlp, a, b)
     for i in range(7):
         alone = walk(mlp, a[i:i + 1], b[i:i + 1])
         assert len(alone.t[0]) == len(together.t[i])
@@ -205,3 +205,22 @@ def test_slice_region_count_equals_dense_grid_resnet(resnet):
     grid = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
     keys = {np.packbits(row).tobytes() for row in resnet.signs(origin + grid @ plane.T, batch=8192).numpy()}
     assert found.complete and keys <= set(found.patterns) and len(found.polygons) == len(keys) > 10
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet"])
+def test_gradient_norms_sharing_the_point_equal_copies_bitwise(name, request):
+    """One dual forward of [x; e_1 .. e_c] gives bitwise the norms of c copies of x each with its e_i."""
+    tf = request.getfixturevalue(name)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn((2, *tf.input_shape), generator=g, dtype=torch.float64)
+    z, norms = gradient_norms(tf, x, chunk=16)
+    dim = int(np.prod(tf.input_shape))
+    sumsq = torch.zeros_like(norms)
+    for start in range(0, dim, 16):
+        c = min(16, dim - start)
+        basis = torch.zeros((c, dim), dtype=torch.float64)
+        basis[torch.arange(c), torch.arange(start, start + c)] = 1
+        zs, dzs = tf.jvp(x.repeat_interleave(c, 0), basis.repeat(2, 1))
+        sumsq += torch.cat(dzs, 1).square().reshape(2, c, -1).sum(1)
+    assert torch.equal(norms, sumsq.sqrt())
+    assert torch.equal(z, torch.cat(zs, 1)[::c])

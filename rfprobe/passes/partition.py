@@ -58,8 +58,9 @@ HIST_EDGES = np.linspace(-4.0, 1.0, 51)
 MAX_DISTANCES = 4_000_000
 """per layer, the median and histogram of unit distances use every k-th (point, unit) pair beyond this"""
 DEFINITIONS = {
-    "walk_definition": "exact breakpoints along x(t) = a + t (b - a), t in [0, 1]: one JVP per region, next "
-                       "crossing min_k -z_k/dz_k > 0; segments: train-train (data pairs), point-noise "
+    "walk_definition": "exact breakpoints along x(t) = a + t (b - a), t in [0, 1]: the plain walk (evaluate at each "
+                       "breakpoint + 1e-9, next crossing min_k -z_k/dz_k > 0), updated only where a crossing changes z; "
+                       "segments: train-train (data pairs), point-noise "
                        "(data point to N(0, I) in normalised input space), radius (data point to a point at "
                        "distance `radius` in a uniform random direction)",
     "distance_definition": "min_k |z_k| / ||grad_x z_k||, k over every ReLU input; exact by forward mode over "
@@ -70,7 +71,7 @@ DEFINITIONS = {
                                    "vertices, n = min(20, input dim)), r = 0.005",
     "jitter_definition": "std over mini-batches of (mu_b - beta sigma_b / gamma) / ||w|| with BN batch "
                          "statistics (train mode, frozen weights); predicted sigma / (sqrt(B) ||w||)",
-    "geometry_dtype": "float64, BN in eval mode",
+    "geometry_dtype": "float64 (inputs normalised in float64), BN in eval mode",
 }
 
 
@@ -96,8 +97,8 @@ def recalibrate_bn(model: nn.Module, data: Data, batch_size: int = 256, device="
         handle = bn.register_forward_pre_hook(accumulate)
         try:
             with torch.no_grad():
-                for x, _ in batches(data, batch_size, device):
-                    net(x.double())
+                for x, _ in batches(data, batch_size, device, dtype=torch.float64):
+                    net(x)
         finally:
             handle.remove()
         mean = sums["s"] / sums["n"]
@@ -110,8 +111,8 @@ def recalibrate_bn(model: nn.Module, data: Data, batch_size: int = 256, device="
 
 
 def _points(data: Data, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*batches(data, batch_size, device))
-    return torch.cat(xs).double(), torch.cat(ys)
+    xs, ys = zip(*batches(data, batch_size, device, dtype=torch.float64))
+    return torch.cat(xs), torch.cat(ys)
 
 
 def segments(x: torch.Tensor, n: int, radius: float, generator: torch.Generator) -> dict[str, tuple]:
@@ -133,7 +134,7 @@ def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], batch: int, max_b
     lengths = np.zeros((len(kinds), n))
     by_layer = np.zeros((len(kinds), len(tf.layers)), dtype=np.int64)
     for i, kind in enumerate(kinds):
-        result = walk(tf, *segs[kind], batch=tf.rows(batch), max_breakpoints=max_breakpoints)
+        result = walk(tf, *segs[kind], max_breakpoints=max_breakpoints)
         counts[i], lengths[i] = result.counts, result.length
         for layers in result.layer:
             by_layer[i] += np.bincount(layers, minlength=len(tf.layers))
@@ -270,7 +271,7 @@ def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size
         with torch.no_grad():
             for _ in range(n_batches):
                 index = torch.randperm(len(data), generator=generator)[:batch_size]
-                net(normalize(data.x[index].to(device), data.mean, data.std).double())
+                net(normalize(data.x[index].to(device), data.mean, data.std, torch.float64))
     finally:
         for handle in handles:
             handle.remove()

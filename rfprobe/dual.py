@@ -1,0 +1,376 @@
+"""Directional derivatives of a piecewise-affine ReLU network by plain forward passes, without autodiff.
+
+Inside one linear region the network is affine, so its derivative along v is the same network run on v
+with every bias and BN shift removed and every ReLU replaced by the 0/1 mask of the point's pre-activation
+(z > 0, torch's ReLU derivative). `Program` runs a `Tangent`'s graph that way:
+
+- `Program.dual(x, v)`: one plain batched forward over the rows [x; v] (P points, then r directions per
+  point, point-major) giving z(x) and J_z(x) v at every ReLU site. Each conv/linear runs once over all rows
+  (`torch.func.jvp` runs each conv three times, one of them against an all-zero weight tangent).
+- `Program.response(layer, unit, delta, masks)`: the change of every later pre-activation when the
+  post-activation of one unit changes by `delta`, through the network linearised with the masks held fixed.
+  The change is zero outside the unit's receptive-field cone, so spatial tensors are carried as boxes and
+  each convolution runs only on the input window its output box needs (hand-written because no library
+  propagates a sparse perturbation through an fx graph).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfprobe.errors import RfprobeError
+
+
+@dataclass
+class Box:
+    """A (1, C, H, W) tensor that is zero outside rows y0:y0+h and columns x0:x0+w; `values` is (1, C, h, w)."""
+
+    values: torch.Tensor
+    y0: int
+    x0: int
+    shape: tuple[int, ...]
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.values.shape[2]
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.values.shape[3]
+
+    def dense(self) -> torch.Tensor:
+        out = self.values.new_zeros((1, *self.shape))
+        out[:, :, self.y0:self.y1, self.x0:self.x1] = self.values
+        return out
+
+
+def _dense(value):
+    return value.dense() if isinstance(value, Box) else value
+
+
+def _union(a: Box, b: Box) -> Box:
+    y0, x0 = min(a.y0, b.y0), min(a.x0, b.x0)
+    y1, x1 = max(a.y1, b.y1), max(a.x1, b.x1)
+    out = a.values.new_zeros((1, a.shape[0], y1 - y0, x1 - x0))
+    out[:, :, a.y0 - y0:a.y1 - y0, a.x0 - x0:a.x1 - x0] += a.values
+    out[:, :, b.y0 - y0:b.y1 - y0, b.x0 - x0:b.x1 - x0] += b.values
+    return Box(out, y0, x0, a.shape)
+
+
+def _channel_view(vector: torch.Tensor, ndim: int) -> torch.Tensor:
+    return vector.view((1, -1) + (1,) * (ndim - 2))
+
+
+class Step:
+    """One node of the graph: `dual` evaluates it on [points; directions], `tangent` on a perturbation."""
+
+    def __init__(self, node: fx.Node, module: nn.Module | None = None):
+        self.name = node.name
+        self.node = node
+        self.module = module
+        self.inputs = [n.name for n in node.all_input_nodes]
+
+    def dual(self, args, kwargs, points: int, tensors):
+        raise NotImplementedError
+
+    def tangent(self, args, kwargs):
+        raise NotImplementedError
+
+
+class Weighted(Step):
+    """conv/linear: W h on every row, + b on the point rows only."""
+
+    def __init__(self, node, module):
+        super().__init__(node, module)
+        self.croppable = (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+                          and not isinstance(module.padding, str) and tuple(module.dilation) == (1, 1))
+
+    def _apply(self, h):
+        if isinstance(self.module, nn.Linear):
+            return F.linear(h, self.module.weight)
+        return self.module._conv_forward(h, self.module.weight, None)
+
+    def dual(self, args, kwargs, points, tensors):
+        out = self._apply(args[0])
+        if self.module.bias is not None:
+            out[:points] += _channel_view(self.module.bias, out.ndim)
+        return out
+
+    def tangent(self, args, kwargs):
+        h = args[0]
+        if not isinstance(h, Box):
+            return self._apply(h)
+        if not self.croppable:
+            return self._apply(h.dense())
+        return self._crop(h)
+
+    def _crop(self, h: Box):
+        """The output box of every output position whose window meets h's box, from just the input window
+        those outputs read (zero padding outside the image is the conv's own padding)."""
+        (kh, kw), (sh, sw), (ph, pw) = self.module.kernel_size, self.module.stride, self.module.padding
+        _, out_h, out_w = self.out_shape
+        oy0, oy1 = max(0, -(-(h.y0 + ph - kh + 1) // sh)), min(out_h, (h.y1 - 1 + ph) // sh + 1)
+        ox0, ox1 = max(0, -(-(h.x0 + pw - kw + 1) // sw)), min(out_w, (h.x1 - 1 + pw) // sw + 1)
+        if oy1 <= oy0 or ox1 <= ox0:
+            return None
+        iy0, iy1 = oy0 * sh - ph, (oy1 - 1) * sh - ph + kh
+        ix0, ix1 = ox0 * sw - pw, (ox1 - 1) * sw - pw + kw
+        window = F.pad(h.values, (h.x0 - ix0, ix1 - h.x1, h.y0 - iy0, iy1 - h.y1))
+        out = F.conv2d(window, self.module.weight, None, self.module.stride, 0, 1, self.module.groups)
+        return Box(out, oy0, ox0, self.out_shape)
+
+
+class Scale(Step):
+    """BN in eval mode (an `EvalBN`): h * scale on every row, + shift on the point rows only."""
+
+    def dual(self, args, kwargs, points, tensors):
+        h = args[0]
+        out = h * _channel_view(self.module.scale, h.ndim)
+        out[:points] += _channel_view(self.module.shift, h.ndim)
+        return out
+
+    def tangent(self, args, kwargs):
+        h = args[0]
+        if isinstance(h, Box):
+            return Box(h.values * _channel_view(self.module.scale, 4), h.y0, h.x0, h.shape)
+        return h * _channel_view(self.module.scale, h.ndim)
+
+
+class Relu(Step):
+    """ReLU site `layer`: relu(z) on the point rows, dz * (z > 0) on each point's direction rows."""
+
+    def __init__(self, node, layer: int):
+        super().__init__(node)
+        self.layer = layer
+
+    def dual(self, args, kwargs, points, tensors):
+        h = args[0]
+        z = h[:points]
+        tensors[self.layer] = h
+        out = torch.empty_like(h)
+        out[:points] = torch.relu(z)
+        directions = h[points:]
+        mask = (z > 0).to(h.dtype).unsqueeze(1)
+        per_point = directions.shape[0] // points
+        out[points:] = (directions.view(points, per_point, *h.shape[1:]) * mask).view(directions.shape)
+        return out
+
+    def tangent(self, args, kwargs, masks, changes):
+        h = args[0]
+        changes.append((self.layer, h))
+        mask = masks[self.layer]
+        if isinstance(h, Box):
+            return Box(h.values * mask[:, h.y0:h.y1, h.x0:h.x1], h.y0, h.x0, h.shape)
+        return h * mask
+
+
+class Add(Step):
+    """a + b; a constant operand (number or buffer) is added to the point rows only."""
+
+    def dual(self, args, kwargs, points, tensors):
+        a, b = args[0], args[1]
+        if self.constant is None:
+            return a + b
+        dual, constant = (a, b) if self.constant == 1 else (b, a)
+        out = dual.clone()
+        out[:points] += constant
+        return out
+
+    def tangent(self, args, kwargs):
+        a, b = args[0], args[1]
+        if self.constant is not None:
+            return a if self.constant == 1 else b
+        if a is None or b is None:
+            return a if b is None else b
+        if isinstance(a, Box) and isinstance(b, Box):
+            return _union(a, b)
+        return _dense(a) + _dense(b)
+
+
+class Constant(Step):
+    """A buffer or parameter read from the graph module (`get_attr`)."""
+
+    def __init__(self, node, value):
+        super().__init__(node)
+        self.value = value
+
+    def dual(self, args, kwargs, points, tensors):
+        return self.value
+
+    def tangent(self, args, kwargs):
+        return self.value
+
+
+class Call(Step):
+    """Any other linear, row-wise op (pooling, flatten, view, dropout in eval, ...), applied as it is."""
+
+    def _call(self, args, kwargs):
+        node = self.node
+        if node.op == "call_module":
+            return self.module(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+
+    def dual(self, args, kwargs, points, tensors):
+        return self._call(args, kwargs)
+
+    def tangent(self, args, kwargs):
+        return self._call(args, kwargs)
+
+
+_ADDS = {operator.add, torch.add}
+
+
+class Program:
+    """A `Tangent`'s graph as a list of steps (see the module docstring)."""
+
+    def __init__(self, graph: fx.GraphModule, relu_nodes: list[str], input_shape, dtype, device):
+        from rfprobe.geometry import EvalBN
+        modules = dict(graph.named_modules())
+        layer_of = {name: i for i, name in enumerate(relu_nodes)}
+        self.dtype, self.device = dtype, device
+        self.steps: list[Step] = []
+        self.input: str | None = None
+        for node in graph.graph.nodes:
+            module = modules.get(node.target) if node.op == "call_module" else None
+            if node.op == "placeholder":
+                self.input = node.name
+                continue
+            if node.op == "output":
+                continue
+            if node.op == "get_attr":
+                value = graph
+                for part in node.target.split("."):
+                    value = getattr(value, part)
+                step = Constant(node, value)
+            elif node.name in layer_of:
+                step = Relu(node, layer_of[node.name])
+            elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                step = Weighted(node, module)
+            elif isinstance(module, EvalBN):
+                step = Scale(node, module)
+            elif (node.op == "call_function" and node.target in _ADDS) or (node.op == "call_method"
+                                                                          and node.target == "add"):
+                if node.kwargs or len(node.args) != 2:
+                    raise RfprobeError(f"partition: addition {node.name} with extra arguments is not supported")
+                step = Add(node)
+            elif node.op == "call_module" and isinstance(module, nn.ReLU) or (
+                    node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target)
+                    in ("relu", "relu_")):
+                raise RfprobeError(f"partition: ReLU {node.name} is not a ReLU site")
+            else:
+                step = Call(node, module)
+            self.steps.append(step)
+        self._classify(graph, dtype, device, input_shape)
+        self.downstream = {}
+        for step in self.steps:
+            if isinstance(step, Relu):
+                self.downstream[step.layer] = self._after(step.name)
+
+    def _classify(self, graph, dtype, device, input_shape):
+        """Run once on a zero point and direction to learn, per node, whether it carries the rows (a tensor
+        computed from the input), a constant, or a plain value (sizes), and each tensor's per-row shape."""
+        dual_nodes = {self.input}
+        for step in self.steps:
+            if isinstance(step, Add):
+                a, b = step.node.args
+                a_dual = isinstance(a, fx.Node) and a.name in dual_nodes
+                b_dual = isinstance(b, fx.Node) and b.name in dual_nodes
+                step.constant = None if a_dual and b_dual else (1 if a_dual else 0)
+            if any(name in dual_nodes for name in step.inputs):
+                dual_nodes.add(step.name)
+        self.dual_nodes = dual_nodes
+        env = self._run(torch.zeros((2, *input_shape), dtype=dtype, device=device), 1, [None] * len(self.steps))
+        self.shapes = {name: tuple(value.shape[1:]) for name, value in env.items()
+                       if name in dual_nodes and isinstance(value, torch.Tensor)}
+        for step in self.steps:
+            if isinstance(step, Weighted):
+                step.out_shape = self.shapes[step.name]
+        one = self._run(torch.zeros((1, *input_shape), dtype=dtype, device=device), 1, [None] * len(self.steps))
+        self.single = {name: value for name, value in one.items() if name not in self.shapes}
+
+    def _after(self, start: str) -> list[Step]:
+        reached = {start}
+        out = []
+        for step in self.steps:
+            if any(name in reached for name in step.inputs):
+                reached.add(step.name)
+                out.append(step)
+        return out
+
+    def _run(self, rows: torch.Tensor, points: int, tensors: list):
+        env = {self.input: rows}
+        for step in self.steps:
+            args = fx.node.map_arg(step.node.args, lambda n: env[n.name])
+            kwargs = fx.node.map_arg(step.node.kwargs, lambda n: env[n.name])
+            env[step.name] = step.dual(args, kwargs, points, tensors)
+        return env
+
+    def dual(self, x: torch.Tensor, v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """For points x (P, ...) and directions v (P r, ...), rows i r .. i r + r - 1 belonging to point i:
+        ([z per layer, (P, units)], [J_z v per layer, (P r, units)])."""
+        points = x.shape[0]
+        if v.shape[0] % max(points, 1):
+            raise ValueError(f"{v.shape[0]} directions for {points} points")
+        tensors: list = [None] * len(self.downstream)
+        self._run(torch.cat([x, v]), points, tensors)
+        return ([h[:points].flatten(1) for h in tensors], [h[points:].flatten(1) for h in tensors])
+
+    def response(self, layer: int, unit: int, delta: float, masks: list[torch.Tensor]):
+        """[(layer j, change of z_j)]: the change of every later ReLU site's pre-activation when unit `unit`
+        (flat index) of site `layer` changes its post-activation by `delta`, all masks fixed. A change is a
+        `Box` (spatial sites) or a (1, units) tensor."""
+        shape = masks[layer].shape
+        relu = next(s for s in self.steps if isinstance(s, Relu) and s.layer == layer)
+        if len(shape) == 3:
+            c, rest = divmod(unit, shape[1] * shape[2])
+            y, x = divmod(rest, shape[2])
+            values = masks[layer].new_zeros((1, shape[0], 1, 1))
+            values[0, c] = delta
+            start = Box(values, y, x, shape)
+        else:
+            start = masks[layer].new_zeros((1, *shape))
+            start.view(-1)[unit] = delta
+        env = {relu.name: start}
+        changes: list = []
+
+        def look(n):
+            name = n.name
+            if name in env:
+                return env[name]
+            if name in self.shapes:
+                return None
+            return self.single[name]
+
+        for step in self.downstream[layer]:
+            args = fx.node.map_arg(step.node.args, look)
+            kwargs = fx.node.map_arg(step.node.kwargs, look)
+            if isinstance(step, Add):
+                env[step.name] = step.tangent(args, kwargs)
+                continue
+            if isinstance(step, Call):
+                env[step.name] = step.tangent(fx.node.map_arg(step.node.args, lambda n: self._zero_or(n, env)),
+                                              fx.node.map_arg(step.node.kwargs, lambda n: self._zero_or(n, env)))
+                continue
+            if args[0] is None:
+                env[step.name] = None
+                continue
+            if isinstance(step, Relu):
+                env[step.name] = step.tangent(args, kwargs, masks, changes)
+            else:
+                env[step.name] = step.tangent(args, kwargs)
+        return changes
+
+    def _zero_or(self, node: fx.Node, env):
+        if node.name in env and env[node.name] is not None:
+            return _dense(env[node.name])
+        if node.name in self.shapes:
+            return torch.zeros((1, *self.shapes[node.name]), dtype=self.dtype, device=self.device)
+        return self.single[node.name]

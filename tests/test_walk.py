@@ -1,0 +1,163 @@
+"""The incremental region walk against the plain walk (autodiff, one evaluation per region) and dense sampling.
+
+Contract: the same breakpoints, counted alike, each within 1e-9 in t, on a CIFAR ResNet-8 (projection
+shortcuts), a pre-activation ResNet (a 1x1 shortcut conv of the block's pre-activation), an MLP and a VGG-style
+net with average pooling; and each crossing counted once where the plain walk counts a crossing twice."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from reference_walk import plain_walk
+from rfprobe.dual import Program
+from rfprobe.geometry import Tangent, walk
+from rfprobe.models import build_model
+from test_geometry import check_walk_against_sampling, randomise_bn
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")]
+
+
+class AvgPoolVGG(nn.Module):
+    """conv-BN-ReLU x2, 2x2 average pool, conv-BN-ReLU, 2x2 average pool, linear: a VGG without max pooling."""
+
+    def __init__(self, size: int = 8):
+        super().__init__()
+        def block(f_in, f_out):
+            return nn.Sequential(nn.Conv2d(f_in, f_out, 3, padding=1, bias=False), nn.BatchNorm2d(f_out), nn.ReLU())
+        self.features = nn.Sequential(block(3, 6), block(6, 6), nn.AvgPool2d(2), block(6, 8), nn.AvgPool2d(2))
+        self.fc = nn.Linear(8 * (size // 4) ** 2, 10)
+        self.rfprobe_input_shape = (3, size, size)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def tangent(name: str, size: int | None = None) -> Tangent:
+    torch.manual_seed(0)
+    model = AvgPoolVGG() if name == "avgpool_vgg" else build_model(name, seed=0)
+    randomise_bn(model, seed=1)
+    if size is not None:
+        model.rfprobe_input_shape = (3, size, size)
+    return Tangent.from_model(model)
+
+
+CASES = {
+    "cifar_resnet_8": (None, 0.03, 2),
+    "cifar_preact_resnet_8": (16, 0.3, 2),
+    "mlp_3x32": (None, 6.0, 4),
+    "avgpool_vgg": (None, 2.0, 3),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_walk_equals_plain_walk(name):
+    size, scale, n = CASES[name]
+    tf = tangent(name, size)
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn((n, *tf.input_shape), generator=g, dtype=torch.float64)
+    b = a + scale * torch.randn(a.shape, generator=g, dtype=torch.float64)
+    found = walk(tf, a, b)
+    expected = plain_walk(tf, a, b)
+    assert sum(len(t) for t in expected) > 20 * n
+    for got, want in zip(found.t, expected):
+        assert len(got) == len(want)
+        assert np.abs(got - want).max() <= 1e-9
+    assert found.evaluations < sum(len(t) for t in expected) / 4
+
+
+def test_walk_is_the_same_with_a_full_evaluation_at_every_crossing():
+    tf = tangent("cifar_resnet_8")
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn((1, *tf.input_shape), generator=g, dtype=torch.float64)
+    b = a + 0.05 * torch.randn(a.shape, generator=g, dtype=torch.float64)
+    incremental, full = walk(tf, a, b, refresh=10 ** 9), walk(tf, a, b, refresh=1)
+    assert full.evaluations == len(full.t[0]) + 1 > 100
+    assert incremental.evaluations < 10
+    assert len(incremental.t[0]) == len(full.t[0])
+    assert np.abs(incremental.t[0] - full.t[0]).max() <= 1e-9
+    np.testing.assert_array_equal(incremental.layer[0], full.layer[0])
+
+
+@pytest.mark.parametrize("name", ["avgpool_vgg", "cifar_preact_resnet_8"])
+def test_walk_equals_dense_sampling(name):
+    tf = tangent(name, 8)
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(tf.input_shape, generator=g)
+    n_walk, n_sampled = check_walk_against_sampling(tf, a, a + 0.5 * torch.randn(a.shape, generator=g), 20_001)
+    assert n_walk >= n_sampled > 5
+
+
+def test_each_crossing_counted_once_where_rounding_repeats_it():
+    """z = 0.7 x - 0.91 crossed by segments so short that z(t* + 1e-9) is below rounding: the plain walk
+    sometimes finds the same crossing again just after it; the walk counts one crossing on every segment."""
+    net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        net[0].weight.fill_(0.7)
+        net[0].bias.fill_(-0.7 * 1.3)
+    net.rfprobe_input_shape = (1,)
+    tf = Tangent.from_model(net)
+    rng = np.random.default_rng(0)
+    plain_counts = []
+    for _ in range(100):
+        h = 10 ** rng.uniform(-9, -6)
+        c = 1.3 + h * rng.uniform(-0.9, 0.9)
+        a, b = torch.tensor([[c - h]], dtype=torch.float64), torch.tensor([[c + h]], dtype=torch.float64)
+        assert len(walk(tf, a, b).t[0]) == 1
+        assert len(walk(tf, a, b, refresh=1).t[0]) == 1
+        plain_counts.append(len(plain_walk(tf, a, b)[0]))
+    assert max(plain_counts) == 2
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet_8", "cifar_preact_resnet_8", "avgpool_vgg", "mlp_3x32"])
+def test_dual_forward_equals_autodiff(name):
+    tf = tangent(name, 16 if "resnet" in name else None)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((2, *tf.input_shape), generator=g, dtype=torch.float64)
+    v = torch.randn((6, *tf.input_shape), generator=g, dtype=torch.float64)
+    zs, dzs = tf.jvp(x, v)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)
+        (_, want_z, _), (_, want_dz, _) = torch.func.jvp(tf.net, (x.repeat_interleave(3, 0),), (v,))
+    for z, dz, wz, wdz in zip(zs, dzs, want_z, want_dz):
+        torch.testing.assert_close(z, wz.flatten(1)[::3], rtol=0, atol=1e-12)
+        torch.testing.assert_close(dz, wdz.flatten(1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, layer", [("cifar_resnet_8", 0), ("cifar_resnet_8", 2), ("cifar_preact_resnet_8", 1),
+                                         ("avgpool_vgg", 0)])
+def test_cropped_response_equals_a_dense_forward(name, layer):
+    """Program.response (boxes, cropped convolutions) equals the dual forward of a zero direction with
+    `delta` added to the unit's post-activation on the direction row: the linearised network run densely."""
+    tf = tangent(name, 16 if "resnet" in name else None)
+    program: Program = tf.program
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn((1, *tf.input_shape), generator=g, dtype=torch.float64)
+    zs, _ = tf.jvp(x, torch.zeros_like(x))
+    masks = [(z[0] > 0).double().view(l.shape) for z, l in zip(zs, tf.layers)]
+    relu = next(s for s in program.steps if getattr(s, "layer", None) == layer)
+    c, h, w = tf.layers[layer].shape
+    for unit in (0, (c // 2 * h + h - 1) * w + w // 2, c * h * w - 1):
+        changes = {j: (change.dense() if hasattr(change, "dense") else change)[0].flatten()
+                   for j, change in program.response(layer, unit, 2.5, masks)}
+        dual = relu.dual
+
+        def kicked(args, kwargs, points, tensors, dual=dual, unit=unit):
+            out = dual(args, kwargs, points, tensors)
+            out[points:].view(-1)[unit] += 2.5
+            return out
+
+        relu.dual = kicked
+        try:
+            _, dense = tf.jvp(x, torch.zeros_like(x))
+        finally:
+            relu.dual = dual
+        assert set(changes) <= set(range(layer + 1, len(tf.layers)))
+        for j in range(layer + 1, len(tf.layers)):
+            want = dense[j][0]
+            got = changes.get(j, torch.zeros_like(want))
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert any(float(dense[j].abs().max()) > 0 for j in range(layer + 1, len(tf.layers)))
