@@ -29,7 +29,7 @@ from rfprobe.errors import RfprobeError
 
 @dataclass
 class Box:
-    """A (1, C, H, W) tensor that is zero outside rows y0:y0+h and columns x0:x0+w; `values` is (1, C, h, w)."""
+    """A (B, C, H, W) tensor that is zero outside rows y0:y0+h and columns x0:x0+w; `values` is (B, C, h, w)."""
 
     values: torch.Tensor
     y0: int
@@ -45,7 +45,7 @@ class Box:
         return self.x0 + self.values.shape[3]
 
     def dense(self) -> torch.Tensor:
-        out = self.values.new_zeros((1, *self.shape))
+        out = self.values.new_zeros((self.values.shape[0], *self.shape))
         out[:, :, self.y0:self.y1, self.x0:self.x1] = self.values
         return out
 
@@ -57,7 +57,7 @@ def _dense(value):
 def _union(a: Box, b: Box) -> Box:
     y0, x0 = min(a.y0, b.y0), min(a.x0, b.x0)
     y1, x1 = max(a.y1, b.y1), max(a.x1, b.x1)
-    out = a.values.new_zeros((1, a.shape[0], y1 - y0, x1 - x0))
+    out = a.values.new_zeros((a.values.shape[0], a.shape[0], y1 - y0, x1 - x0))
     out[:, :, a.y0 - y0:a.y1 - y0, a.x0 - x0:a.x1 - x0] += a.values
     out[:, :, b.y0 - y0:b.y1 - y0, b.x0 - x0:b.x1 - x0] += b.values
     return Box(out, y0, x0, a.shape)
@@ -269,10 +269,8 @@ class Program:
                 step = Call(node, module)
             self.steps.append(step)
         self._classify(graph, dtype, device, input_shape)
-        self.downstream = {}
-        for step in self.steps:
-            if isinstance(step, Relu):
-                self.downstream[step.layer] = self._after(step.name)
+        self.relu_names = {step.layer: step.name for step in self.steps if isinstance(step, Relu)}
+        self.downstream = {name: self._after(name) for name in self.relu_names.values()}
 
     def _classify(self, graph, dtype, device, input_shape):
         """Run once on a zero point and direction to learn, per node, whether it carries the rows (a tensor
@@ -319,7 +317,7 @@ class Program:
         points = x.shape[0]
         if v.shape[0] % max(points, 1):
             raise ValueError(f"{v.shape[0]} directions for {points} points")
-        tensors: list = [None] * len(self.downstream)
+        tensors: list = [None] * len(self.relu_names)
         self._run(torch.cat([x, v]), points, tensors)
         return ([h[:points].flatten(1) for h in tensors], [h[points:].flatten(1) for h in tensors])
 
@@ -328,7 +326,6 @@ class Program:
         (flat index) of site `layer` changes its post-activation by `delta`, all masks fixed. A change is a
         `Box` (spatial sites) or a (1, units) tensor."""
         shape = masks[layer].shape
-        relu = next(s for s in self.steps if isinstance(s, Relu) and s.layer == layer)
         if len(shape) == 3:
             c, rest = divmod(unit, shape[1] * shape[2])
             y, x = divmod(rest, shape[2])
@@ -338,7 +335,15 @@ class Program:
         else:
             start = masks[layer].new_zeros((1, *shape))
             start.view(-1)[unit] = delta
-        env = {relu.name: start}
+        return self.propagate(self.relu_names[layer], start, masks)
+
+    def propagate(self, node: str, start, masks: list[torch.Tensor]):
+        """[(layer j, change of z_j)] for a batch of changes `start` (a `Box` or a (B, ...) tensor) of node
+        `node`'s output (a ReLU site's name, or the input's), through the network linearised at `masks`."""
+        if node not in self.downstream:
+            self.downstream[node] = self._after(node)
+        env = {node: start}
+        batch = start.values.shape[0] if isinstance(start, Box) else start.shape[0]
         changes: list = []
 
         def look(n):
@@ -349,28 +354,26 @@ class Program:
                 return None
             return self.single[name]
 
-        for step in self.downstream[layer]:
-            args = fx.node.map_arg(step.node.args, look)
-            kwargs = fx.node.map_arg(step.node.kwargs, look)
-            if isinstance(step, Add):
-                env[step.name] = step.tangent(args, kwargs)
-                continue
-            if isinstance(step, Call):
-                env[step.name] = step.tangent(fx.node.map_arg(step.node.args, lambda n: self._zero_or(n, env)),
-                                              fx.node.map_arg(step.node.kwargs, lambda n: self._zero_or(n, env)))
-                continue
-            if args[0] is None:
-                env[step.name] = None
-                continue
-            if isinstance(step, Relu):
-                env[step.name] = step.tangent(args, kwargs, masks, changes)
-            else:
-                env[step.name] = step.tangent(args, kwargs)
-        return changes
+        def zero_or(n):
+            value = env.get(n.name)
+            if value is not None:
+                return _dense(value)
+            if n.name in self.shapes:
+                return torch.zeros((batch, *self.shapes[n.name]), dtype=self.dtype, device=self.device)
+            return self.single[n.name]
 
-    def _zero_or(self, node: fx.Node, env):
-        if node.name in env and env[node.name] is not None:
-            return _dense(env[node.name])
-        if node.name in self.shapes:
-            return torch.zeros((1, *self.shapes[node.name]), dtype=self.dtype, device=self.device)
-        return self.single[node.name]
+        for step in self.downstream[node]:
+            if isinstance(step, Call):
+                env[step.name] = step.tangent(fx.node.map_arg(step.node.args, zero_or),
+                                              fx.node.map_arg(step.node.kwargs, zero_or))
+                continue
+            args = fx.node.map_arg(step.node.args, look)
+            if isinstance(step, Add):
+                env[step.name] = step.tangent(args, None)
+            elif args[0] is None:
+                env[step.name] = None
+            elif isinstance(step, Relu):
+                env[step.name] = step.tangent(args, None, masks, changes)
+            else:
+                env[step.name] = step.tangent(args, None)
+        return changes

@@ -31,7 +31,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rfprobe.dual import Program
+from rfprobe.dual import Box, Program
 from rfprobe.errors import RfprobeError
 from rfprobe.regionwalk import walk_segment
 from rfprobe.sites import BN_TYPES, WEIGHT_TYPES, ReluSite, find_sites
@@ -289,12 +289,18 @@ def walk(tf: Tangent, a: torch.Tensor, b: torch.Tensor, *, delta: float = 1e-9, 
 # ---------------------------------------------------------------- distances
 
 
-def gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64, tile: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """z and ||grad_x z_k|| exactly for every unit, by forward mode along the input basis: ||grad z_k||^2 =
-    sum_i (J e_i)_k^2, each point followed by `chunk` basis vectors in one dual forward (rows bounded by
-    `tf.rows`). x is one point (returns (units,) each) or a batch (N, ...) (returns (N, units) each)."""
+    sum_i (J e_i)_k^2. Image inputs (C, H, W): the basis vectors of each `tile` x `tile` patch together, each
+    carried only through its receptive-field cone (`Program.propagate`); other inputs: each point followed by
+    `chunk` basis vectors in one dual forward (rows bounded by `tf.rows`). x is one point (returns (units,)
+    each) or a batch (N, ...) (returns (N, units) each)."""
     single = x.shape == torch.Size(tf.input_shape)
     x = tf._cast(x)
+    if len(tf.input_shape) == 3:
+        pairs = [_image_gradient_norms(tf, point, tile) for point in x]
+        z, g = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return (z[0], g[0]) if single else (z, g)
     dim = int(np.prod(tf.input_shape))
     chunk = min(chunk, dim)
     per = max(1, tf.rows(chunk) // chunk)
@@ -314,6 +320,33 @@ def gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64) -> tuple[torch
         norms.append(sumsq.sqrt())
     z, g = torch.cat(zs_all), torch.cat(norms)
     return (z[0], g[0]) if single else (z, g)
+
+
+def tile_basis(tf: Tangent, y0: int, x0: int, tile: int) -> Box:
+    """The input basis vectors e_(c, y, x) of one tile, c-major, as one `Box` batch."""
+    channels, height, width = tf.input_shape
+    h, w = min(tile, height - y0), min(tile, width - x0)
+    n = channels * h * w
+    values = torch.zeros((n, channels, h, w), dtype=tf.dtype, device=tf.device)
+    values.view(n, n)[torch.arange(n), torch.arange(n)] = 1
+    return Box(values, y0, x0, tf.input_shape)
+
+
+def _image_gradient_norms(tf: Tangent, x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _, zs = tf.forward(x[None])
+    masks = [(z[0] > 0).to(tf.dtype).view(layer.shape) for z, layer in zip(zs, tf.layers)]
+    sumsq = [torch.zeros(layer.shape, dtype=tf.dtype, device=tf.device) for layer in tf.layers]
+    _, height, width = tf.input_shape
+    for y0 in range(0, height, tile):
+        for x0 in range(0, width, tile):
+            with torch.no_grad():
+                changes = tf.program.propagate(tf.program.input, tile_basis(tf, y0, x0, tile), masks)
+            for j, change in changes:
+                if isinstance(change, Box):
+                    sumsq[j][:, change.y0:change.y1, change.x0:change.x1] += change.values.square().sum(0)
+                else:
+                    sumsq[j] += change.square().sum(0).view(sumsq[j].shape)
+    return torch.cat([z[0] for z in zs]), torch.cat([s.flatten() for s in sumsq]).sqrt()
 
 
 def hutchinson_norms(tf: Tangent, x: torch.Tensor, probes: int, generator: torch.Generator | None = None,

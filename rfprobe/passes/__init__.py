@@ -66,7 +66,7 @@ PASS_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("radius", 1.0, "length of the random-direction segments, in normalised input units"),
         Option("max_breakpoints", 100_000, "stop walking a segment after this many breakpoints (recorded in "
                                            "segment_complete)"),
-        Option("exact_points", 2, "points with the exact nearest-boundary distance (one dual forward per 64 input dims each); "
+        Option("exact_points", 2, "points with the exact nearest-boundary distance (forward mode along every input dimension); "
                                   "0 skips"),
         Option("probes", 64, "Hutchinson directions per point for the distance on all points; 0 skips"),
         Option("lc_points", 32, "points with the local complexity (40 vertices at radius 0.005); 0 skips"),
