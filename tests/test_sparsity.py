@@ -1,5 +1,6 @@
 """The sparsity pass against statistics computed from the full stored activations of a hand-written forward."""
 
+import shutil
 from fractions import Fraction
 
 import numpy as np
@@ -238,3 +239,58 @@ def test_bad_options_one_line_exit_2(tmp_path, capsys, resnet, args):
         main(["sparsity", str(ckpt), "--dataset", "synthetic", "--limit", "8", "--out", str(tmp_path / "o.zarr"), *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_probes_equal_the_brute_force_count(resnet, images):
+    """--compile fuses each probe's reductions; the result is checked against the stored activations as the
+    eager pass is (counts, maxima and histograms exact; sums to float32 rounding), NaN channels included."""
+    ds = sparsity.run(resnet, images, batch_size=13, bins=BINS, compile=True)
+    check_against_stored(ds, stored(resnet, images, resnet_activations), resnet)
+    eager = sparsity.run(resnet, images, batch_size=13, bins=BINS)
+    for name in ("zero_fraction", "dead", "max_activation", "example_zero_channel_hist", "pooled_example_zero_channel_hist"):
+        np.testing.assert_array_equal(ds[name].values, eager[name].values)
+    np.testing.assert_allclose(ds["mean_activation"].values, eager["mean_activation"].values, rtol=1e-6)
+    assert ds.attrs["compiled_probes"] == 1 and eager.attrs["compiled_probes"] == 0
+    broken = build_model("cifar_resnet_8_4", seed=0).eval()
+    with torch.no_grad():
+        broken.blocks[0].bn1.running_var[0] = -1.0
+    one = sparsity.run(broken, images, batch_size=48, bins=BINS, compile=True).sel(layer="blocks.0.bn1", channel=0)
+    assert np.isnan(float(one["zero_fraction"])) and np.isnan(float(one["mean_activation"]))
+
+
+class InPlaceShared(torch.nn.Module):
+    """An in-place ReLU whose input is used again afterwards (so it sees relu(z)): the fused probe must not
+    replace that ReLU by an out-of-place one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 10)
+        self.rfprobe_input_shape = (3, 32, 32)
+
+    def forward(self, x):
+        z = self.bn(self.conv(x))
+        a = F.relu(z, inplace=True)
+        b = F.relu(self.bn2(self.conv2(a)))
+        return self.fc(F.adaptive_avg_pool2d(a + z + b, 1).flatten(1))
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_probes_keep_an_in_place_relu_that_others_read(images):
+    from rfprobe.sites import find_sites
+    model = InPlaceShared().eval()
+    x = next(batches(images, 16))[0]
+    with torch.inference_mode():
+        want = model(x)
+        probed, _, shared = sparsity._instrument(model, find_sites(model).relu, BINS, "cpu", compile=True)
+        shared.batch_k = torch.zeros(16, dtype=torch.int64)
+        got = probed(x)
+    kinds = [type(m).__name__ for n, m in probed.named_children() if n.startswith("rfprobe_probe_")]
+    assert kinds == ["_Probe", "_ProbedRelu"]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -88,38 +88,96 @@ class _Shared:
         return self.scratch[:n].view(like.shape)
 
 
+def row_statistics(flat: torch.Tensor, indicator: torch.Tensor | None = None):
+    """For a ReLU output (N, C, P): per channel the nonzero count and the sum (float64, (C,)), and per
+    (example, channel) the maximum (N, C). A ReLU output is >= 0 (or NaN), so sign() is its nonzero
+    indicator (NaN channels are flagged through the NaN they put in the sum); summing it in float32 is exact
+    (<= 2**24 positions) and ~10x faster on CPU than count_nonzero's bool -> int64 reduction. `indicator`:
+    a scratch tensor shaped like `flat` for sign's output (eager); torch.compile fuses all three reductions
+    into one read of `flat` instead."""
+    nonzero = torch.sign(flat, out=indicator) if indicator is not None else torch.sign(flat)
+    return (nonzero.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64),
+            flat.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64), flat.amax(2))
+
+
+def relu_statistics(z: torch.Tensor):
+    """relu(z) and `row_statistics` of it, for torch.compile to compute in the one pass that writes relu(z)."""
+    a = torch.relu(z)
+    return (a, *row_statistics(a.reshape(a.shape[0], a.shape[1], -1)))
+
+
+_compiled: dict = {}
+
+
+def compiled(function):
+    """`function` through torch.compile, once per process (dynamic shapes: one compile serves every site and
+    batch size)."""
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function, dynamic=True)
+    return _compiled[function]
+
+
 class _Probe(nn.Module):
     """Reduces the ReLU output it is given into its accumulators; returns nothing and keeps no reference."""
 
-    def __init__(self, acc: _Accumulators, shared: _Shared, bins: int):
+    def __init__(self, acc: _Accumulators, shared: _Shared, bins: int, fused: bool = False):
         super().__init__()
-        self.acc, self.shared, self.bins = acc, shared, bins
+        self.acc, self.shared, self.bins, self.fused = acc, shared, bins, fused
 
     def forward(self, a: torch.Tensor) -> None:
-        acc = self.acc
         flat = a.reshape(a.shape[0], a.shape[1], -1)
-        acc.positions = flat.shape[2]
-        # a ReLU output is >= 0 (or NaN), so sign() is its nonzero indicator (torch.sign(nan) = 0: NaN
-        # channels are flagged through the NaN they put in `total`); summing it in float32 is exact
-        # (<= 2**24 positions) and ~10x faster on CPU than count_nonzero's bool -> int64 reduction
-        indicator = torch.sign(flat, out=self.shared.buffer(flat))
-        acc.nonzero += indicator.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
-        acc.total += flat.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64)
-        peak = flat.amax(2)
+        if self.fused:
+            self.accumulate(flat.shape, *compiled(row_statistics)(flat))
+        else:
+            self.accumulate(flat.shape, *row_statistics(flat, self.shared.buffer(flat)))
+
+    def accumulate(self, shape, nonzero: torch.Tensor, total: torch.Tensor, peak: torch.Tensor) -> None:
+        acc = self.acc
+        acc.positions = shape[2]
+        acc.nonzero += nonzero
+        acc.total += total
         torch.maximum(acc.maximum, peak.amax(0).float(), out=acc.maximum)
         entirely_zero = peak == 0  # all outputs >= 0, so max == 0 means all 0 (a NaN max is not 0)
         acc.example_zero += entirely_zero.sum(0)
         k = entirely_zero.sum(1)
         acc.k_sum += k.sum()
-        index = torch.clamp_max(k * self.bins // a.shape[1], self.bins - 1)
+        index = torch.clamp_max(k * self.bins // shape[1], self.bins - 1)
         acc.hist.index_add_(0, index, torch.ones_like(index))
         self.shared.batch_k += k
 
 
-def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tuple[fx.GraphModule, list[_Accumulators], _Shared]:
-    """A fresh fx trace of `model` (sharing its parameters) with a probe after each ReLU site's node."""
+class _ProbedRelu(nn.Module):
+    """A ReLU site's ReLU and its probe in one compiled pass (`relu_statistics`): relu(z) is read once."""
+
+    def __init__(self, probe: _Probe):
+        super().__init__()
+        self.probe = probe
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        a, nonzero, total, peak = compiled(relu_statistics)(z)
+        self.probe.accumulate((a.shape[0], a.shape[1], a[0, 0].numel()), nonzero, total, peak)
+        return a
+
+
+def _overwrites_shared_input(node: fx.Node, modules: dict) -> bool:
+    """An in-place ReLU whose input has other users: they see its output, so it must stay as it is."""
+    if len(node.args[0].users) <= 1:
+        return False
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_method":
+        return node.target == "relu_"
+    inplace = node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False)
+    return node.target in (torch.relu_, torch.nn.functional.relu_) or bool(inplace)
+
+
+def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device,
+                compile: bool = False) -> tuple[fx.GraphModule, list[_Accumulators], _Shared]:
+    """A fresh fx trace of `model` (sharing its parameters) with a probe after each ReLU site's node, or with
+    `compile`, each site's ReLU replaced by a `_ProbedRelu` (where that keeps the graph's meaning)."""
     graph_module = trace(model)
     nodes = {node.name: node for node in graph_module.graph.nodes}
+    modules = dict(graph_module.named_modules())
     shared = _Shared()
     accumulators = []
     for i, site in enumerate(relu):
@@ -135,9 +193,18 @@ def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device) -> tu
             k_sum=torch.zeros((), dtype=torch.int64, device=device))
         accumulators.append(acc)
         name = f"rfprobe_probe_{i}"
-        graph_module.add_submodule(name, _Probe(acc, shared, bins))
-        with graph_module.graph.inserting_after(nodes[site.node]):
-            graph_module.graph.call_module(name, (nodes[site.node],))
+        node = nodes[site.node]
+        probe = _Probe(acc, shared, bins, fused=compile)
+        if compile and not _overwrites_shared_input(node, modules):
+            graph_module.add_submodule(name, _ProbedRelu(probe))
+            with graph_module.graph.inserting_after(node):
+                fused = graph_module.graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(fused)
+            graph_module.graph.erase_node(node)
+        else:
+            graph_module.add_submodule(name, probe)
+            with graph_module.graph.inserting_after(node):
+                graph_module.graph.call_module(name, (node,))
     graph_module.recompile()
     return graph_module, accumulators, shared
 
@@ -168,11 +235,13 @@ def check_options(thresholds=THRESHOLDS, bins: int = 20) -> tuple[float, ...]:
 
 
 def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | torch.device = "cpu",
-        thresholds=THRESHOLDS, bins: int = 20, checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
+        thresholds=THRESHOLDS, bins: int = 20, compile: bool = False, checkpoint=None, command=None,
+        progress: bool = False) -> xr.Dataset:
     """Activation sparsity of `model` over `data` (module docstring), joined with small-|gamma| counts.
 
     `model` must be on `device`; it is put in eval mode for the pass and restored afterwards; `data` is fed
-    normalised with its `normalization` (recorded in the attrs)."""
+    normalised with its `normalization` (recorded in the attrs). `compile`: each ReLU and its probe fused by
+    torch.compile (`relu_statistics`; same counts and maxima, sums in another float32 order)."""
     thresholds = check_options(thresholds, bins)
     was_training = model.training
     model.eval()
@@ -181,7 +250,7 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
         relu = sites.relu
         if not relu:
             raise RfprobeError(f"{getattr(model, 'rfprobe_arch', type(model).__name__)} has no ReLU sites to probe")
-        probed, accumulators, shared = _instrument(model, relu, bins, device)
+        probed, accumulators, shared = _instrument(model, relu, bins, device, compile)
         probed.eval()
         total_channels = sum(site.n_channels for site in relu)
         pooled_hist = torch.zeros(bins, dtype=torch.int64, device=device)
@@ -192,7 +261,7 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
         with torch.inference_mode():
             for x, y in track(batches(data, batch_size, device), steps, "sparsity", progress):
                 shared.batch_k = torch.zeros(x.shape[0], dtype=torch.int64, device=device)
-                logits = probed(x)
+                logits = _forward(probed, x, compile)
                 correct += (logits.argmax(1) == y).sum()
                 pooled_k += shared.batch_k.sum()
                 index = torch.clamp_max(shared.batch_k * bins // total_channels, bins - 1)
@@ -200,11 +269,23 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
     finally:
         model.train(was_training)
     return _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins, thresholds, total_channels,
-                    checkpoint, data, device, command)
+                    checkpoint, data, device, command, compile)
+
+
+def _forward(probed: fx.GraphModule, x: torch.Tensor, compile: bool) -> torch.Tensor:
+    if not compile:
+        return probed(x)
+    try:
+        return probed(x)
+    except Exception as e:  # torch.compile fails in many ways (no C++ compiler, no triton, ...)
+        if "torch._dynamo" not in type(e).__module__ and "inductor" not in type(e).__module__:
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise RfprobeError(f"sparsity: --compile failed on this machine ({first}); run without --compile") from None
 
 
 def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins, thresholds, total_channels,
-             checkpoint, data, device, command) -> xr.Dataset:
+             checkpoint, data, device, command, compile) -> xr.Dataset:
     width = max(site.n_channels for site in relu)
     counts = [np.float64(n * acc.positions) for acc in accumulators]
     total = [acc.total.cpu().numpy() for acc in accumulators]
@@ -256,7 +337,7 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
         coords={**layer_coords(relu), "channel": np.arange(width), "threshold": np.array(thresholds),
                 "bin_edges": ("bin_edge", edges)},
         attrs=provenance("sparsity", checkpoint, dataset=data.name, split=data.split, n_examples=n,
-                         device=str(device), command=command, bins=bins,
+                         device=str(device), command=command, bins=bins, compiled_probes=int(compile),
                          **data.normalization_attrs(),
                          thresholds=", ".join(f"{t:g}" for t in thresholds), **DEFINITIONS),
     )
@@ -295,4 +376,5 @@ def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch
             command=None, progress: bool = False) -> xr.Dataset:
     options = validate({**defaults(OPTIONS), **(options or {})})
     return run(checkpoint.model, data, batch_size=batch_size, device=device, thresholds=options["threshold"],
-               bins=options["bins"], checkpoint=checkpoint, command=command, progress=progress)
+               bins=options["bins"], compile=options["compile"], checkpoint=checkpoint, command=command,
+               progress=progress)
