@@ -69,7 +69,7 @@ def density(tf: Tangent, points: torch.Tensor, radius: float, generator: torch.G
     """Breakpoints per unit length along segments of length `radius` in random directions from `points`."""
     direction = torch.randn(points.shape, generator=generator, dtype=torch.float64)
     direction /= direction.flatten(1).norm(dim=1).view(-1, *([1] * (points.ndim - 1)))
-    found = walk(tf, points, points + radius * direction, batch=tf.rows(64))
+    found = walk(tf, points, points + radius * direction)
     return float(found.counts.sum() / found.length.sum())
 
 

@@ -171,21 +171,22 @@ class Relu(Step):
 
 
 class Add(Step):
-    """a + b; a constant operand (number or buffer) is added to the point rows only."""
+    """a + b; a constant operand (number or buffer) is added to the point rows only (`carrier`: the index
+    of the operand that carries the rows when the other is a constant, None when both or neither do)."""
 
     def dual(self, args, kwargs, points, tensors):
         a, b = args[0], args[1]
-        if self.constant is None:
+        if self.carrier is None:
             return a + b
-        dual, constant = (a, b) if self.constant == 1 else (b, a)
+        dual, constant = (a, b) if self.carrier == 0 else (b, a)
         out = dual.clone()
         out[:points] += constant
         return out
 
     def tangent(self, args, kwargs):
         a, b = args[0], args[1]
-        if self.constant is not None:
-            return a if self.constant == 1 else b
+        if self.carrier is not None:
+            return a if self.carrier == 0 else b
         if a is None or b is None:
             return a if b is None else b
         if isinstance(a, Box) and isinstance(b, Box):
@@ -281,7 +282,7 @@ class Program:
                 a, b = step.node.args
                 a_dual = isinstance(a, fx.Node) and a.name in dual_nodes
                 b_dual = isinstance(b, fx.Node) and b.name in dual_nodes
-                step.constant = None if a_dual and b_dual else (1 if a_dual else 0)
+                step.carrier = None if a_dual == b_dual else (0 if a_dual else 1)
             if any(name in dual_nodes for name in step.inputs):
                 dual_nodes.add(step.name)
         self.dual_nodes = dual_nodes

@@ -161,3 +161,34 @@ def test_cropped_response_equals_a_dense_forward(name, layer):
             got = changes.get(j, torch.zeros_like(want))
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         assert any(float(dense[j].abs().max()) > 0 for j in range(layer + 1, len(tf.layers)))
+
+
+class ConstantAdds(nn.Module):
+    """A ReLU net that adds a number and a buffer to its pre-activations: constants belong to the point's
+    rows only (a direction's derivative has no offset)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.register_buffer("offset", torch.linspace(-1, 1, 8))
+        self.rfprobe_input_shape = (3,)
+
+    def forward(self, x):
+        h = torch.relu(0.25 + self.fc1(x))
+        return self.out(torch.relu(self.fc2(h) + self.offset))
+
+
+def test_constants_are_added_to_points_not_directions():
+    torch.manual_seed(0)
+    tf = Tangent.from_model(ConstantAdds())
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn((3, 3), generator=g, dtype=torch.float64)
+    v = torch.randn((6, 3), generator=g, dtype=torch.float64)
+    zs, dzs = tf.jvp(x, v)
+    with torch.no_grad():
+        (_, want_z, _), (_, want_dz, _) = torch.func.jvp(tf.net, (x.repeat_interleave(2, 0),), (v,))
+    for z, dz, wz, wdz in zip(zs, dzs, want_z, want_dz):
+        torch.testing.assert_close(z, wz[::2], rtol=0, atol=1e-12)
+        torch.testing.assert_close(dz, wdz, rtol=0, atol=1e-12)
+    a, b = x[:1], x[:1] + 8 * v[:1]
+    assert len(walk(tf, a, b).t[0]) == len(plain_walk(tf, a, b)[0]) > 2

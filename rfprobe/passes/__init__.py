@@ -33,8 +33,8 @@ PASS_OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("threshold", None, _THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
                type=Optional[list[float]]),
         Option("bins", 20, "bins of the per-example histogram on [0, 1]"),
-        Option("compile", False, "fuse each probe's reductions with torch.compile (one pass over each ReLU output; "
-                                 "a one-time compile of ~15 s, a few s once torch has cached it; for long passes)"),
+        Option("compile", False, "fuse each ReLU and its probe into one torch.compile kernel (a one-time compile of "
+                                 "~15 s, 2-3 s once torch has cached it; pays off for long passes)"),
     ),
     "ablate": (
         Option("prune_below", 0.01, "prune channels with |gamma| below this"),

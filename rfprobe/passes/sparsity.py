@@ -89,21 +89,20 @@ class _Shared:
 
 
 def row_statistics(flat: torch.Tensor, indicator: torch.Tensor | None = None):
-    """For a ReLU output (N, C, P): per channel the nonzero count and the sum (float64, (C,)), and per
-    (example, channel) the maximum (N, C). A ReLU output is >= 0 (or NaN), so sign() is its nonzero
-    indicator (NaN channels are flagged through the NaN they put in the sum); summing it in float32 is exact
-    (<= 2**24 positions) and ~10x faster on CPU than count_nonzero's bool -> int64 reduction. `indicator`:
-    a scratch tensor shaped like `flat` for sign's output (eager); torch.compile fuses all three reductions
-    into one read of `flat` instead."""
+    """For a ReLU output (N, C, P), per (example, channel): the nonzero count, the sum (float32) and the
+    maximum. A ReLU output is >= 0 (or NaN), so sign() is its nonzero indicator (NaN channels are flagged
+    through the NaN they put in the sum); summing it in float32 is exact (<= 2**24 positions) and ~10x faster
+    on CPU than count_nonzero's bool -> int64 reduction. `indicator`: a scratch tensor shaped like `flat` for
+    sign's output (eager); torch.compile fuses all three reductions into one read of `flat` instead."""
     nonzero = torch.sign(flat, out=indicator) if indicator is not None else torch.sign(flat)
-    return (nonzero.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64),
-            flat.sum(2, dtype=torch.float32).sum(0, dtype=torch.float64), flat.amax(2))
+    return nonzero.sum(2, dtype=torch.float32), flat.sum(2, dtype=torch.float32), flat.amax(2)
 
 
 def relu_statistics(z: torch.Tensor):
-    """relu(z) and `row_statistics` of it, for torch.compile to compute in the one pass that writes relu(z)."""
-    a = torch.relu(z)
-    return (a, *row_statistics(a.reshape(a.shape[0], a.shape[1], -1)))
+    """relu(z) and `row_statistics` of it, written for torch.compile: one kernel stores relu(z) and reduces
+    it per (example, channel) row (the ReLU is applied to z viewed as (N, C, P), as the reductions see it)."""
+    flat = torch.relu(z.reshape(z.shape[0], z.shape[1], -1))
+    return (flat.view(z.shape), *row_statistics(flat))
 
 
 _compiled: dict = {}
@@ -134,8 +133,8 @@ class _Probe(nn.Module):
     def accumulate(self, shape, nonzero: torch.Tensor, total: torch.Tensor, peak: torch.Tensor) -> None:
         acc = self.acc
         acc.positions = shape[2]
-        acc.nonzero += nonzero
-        acc.total += total
+        acc.nonzero += nonzero.sum(0, dtype=torch.float64)
+        acc.total += total.sum(0, dtype=torch.float64)
         torch.maximum(acc.maximum, peak.amax(0).float(), out=acc.maximum)
         entirely_zero = peak == 0  # all outputs >= 0, so max == 0 means all 0 (a NaN max is not 0)
         acc.example_zero += entirely_zero.sum(0)
