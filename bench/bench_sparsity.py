@@ -6,7 +6,7 @@ peak memory at 1,000 vs 10,000 examples.
 
 Time: a bare evaluation, the pass, and the pass with `compile=True` (each probe's reductions fused by
 torch.compile; its one-time compile happens in the warm-up) alternate `--repeats` times on the same loaded
-data; the ratios to the bare evaluation of the medians and of the minima are reported for wall time and for
+data, in reverse order every other round (so no variant always runs after another); the ratios to the bare evaluation of the medians and of the minima are reported for wall time and for
 this process's CPU time (`time.process_time`, steadier when other jobs share the machine; with CUDA only the
 wall time means anything); target <= 1.10. Memory: each size runs in a fresh subprocess that loads the full split (so the dataset's
 own memory is the same at both sizes), runs the pass on the first N examples and reports its peak RSS
@@ -91,8 +91,9 @@ def main() -> None:
     warm = timed(lambda: [run(data.subset(2 * args.batch_size)) for run in variants.values()])
     print(f"  warm-up (allocator, kernels, the one compile): {warm[0]:.1f} s", flush=True)
     times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
+    for round_ in range(args.repeats):
+        order = list(variants.items()) if round_ % 2 == 0 else list(variants.items())[::-1]
+        for name, run in order:
             times[name].append(timed(lambda: run(data)))
         print("  " + ", ".join(f"{name} {w:.2f} s wall / {c:.2f} s CPU" for name, ((w, c), *_) in
                                ((n, t[-1:]) for n, t in times.items())), flush=True)

@@ -456,8 +456,8 @@ def region_polygon(box, z: np.ndarray, grad: np.ndarray, p: np.ndarray):
 def slice_partition(tf: Tangent, origin: torch.Tensor, plane: torch.Tensor, box, *, max_regions: int = 5000,
                     batch: int = 64, eps: float = 1e-7) -> Slice:
     """Enumerate the regions of the plane x(p) = origin + plane @ p inside `box` by flood fill: from the
-    box centre, each region's polygon is clipped from its units' affine pieces (one JVP per region for the
-    two in-plane gradients), and every facet not on the box is crossed at its midpoint by `eps` (relative
+    box centre, each region's polygon is clipped from its units' affine pieces (one dual forward per region
+    for the two in-plane gradients), and every facet not on the box is crossed at its midpoint by `eps` (relative
     to the box) to find the neighbour. Regions are identified by their activation pattern."""
     origin = tf._cast(origin).flatten()
     plane = plane.to(device=tf.device, dtype=tf.dtype).reshape(origin.numel(), 2)
