@@ -294,3 +294,20 @@ def test_compiled_probes_keep_an_in_place_relu_that_others_read(images):
     kinds = [type(m).__name__ for n, m in probed.named_children() if n.startswith("rfprobe_probe_")]
     assert kinds == ["_Probe", "_ProbedRelu"]
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_compile_failure_is_one_line(tmp_path, cli_error, monkeypatch, resnet):
+    """Where torch.compile cannot work (no C++ compiler, no triton), --compile says so in one line."""
+    import torch._dynamo.exc
+
+    def broken(function):
+        def fail(*args):
+            raise torch._dynamo.exc.TorchRuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(sparsity, "compiled", broken)
+    ckpt = save_checkpoint(tmp_path / "final.pt", resnet, mode="bn", dataset="synthetic")
+    line = cli_error(main, ["sparsity", ckpt, "--dataset", "synthetic", "--limit", "20", "--compile",
+                            "--out", tmp_path / "o.zarr"])
+    assert "--compile failed on this machine (InvalidCxxCompiler" in line and "without --compile" in line
+    assert not (tmp_path / "o.zarr").exists()

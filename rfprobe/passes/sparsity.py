@@ -21,6 +21,7 @@ For a site with C channels and P positions per channel (H*W, or 1 after a BatchN
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -274,6 +275,9 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
 def _forward(probed: fx.GraphModule, x: torch.Tensor, compile: bool) -> torch.Tensor:
     if not compile:
         return probed(x)
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on every CPU compile
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         return probed(x)
     except Exception as e:  # torch.compile fails in many ways (no C++ compiler, no triton, ...)
@@ -281,6 +285,8 @@ def _forward(probed: fx.GraphModule, x: torch.Tensor, compile: bool) -> torch.Te
             raise
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise RfprobeError(f"sparsity: --compile failed on this machine ({first}); run without --compile") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins, thresholds, total_channels,
