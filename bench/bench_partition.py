@@ -53,6 +53,8 @@ def sampled_changes(tf: Tangent, a: torch.Tensor, b: torch.Tensor, samples: int)
 def timed(f):
     t0 = time.perf_counter()
     out = f()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return out, time.perf_counter() - t0
 
 
@@ -95,10 +97,10 @@ def former_gradient_norms(tf: Tangent, x: torch.Tensor, chunk: int = 64) -> torc
     """rfprobe's gradient norms before the dual forward: `chunk` copies of the point, each with one basis
     vector, through `torch.func.jvp`."""
     dim = int(np.prod(tf.input_shape))
-    sumsq = torch.zeros(tf.n_units, dtype=tf.dtype)
+    sumsq = torch.zeros(tf.n_units, dtype=tf.dtype, device=tf.device)
     for start in range(0, dim, chunk):
         c = min(chunk, dim - start)
-        basis = torch.zeros((c, dim), dtype=tf.dtype)
+        basis = torch.zeros((c, dim), dtype=tf.dtype, device=tf.device)
         basis[torch.arange(c), torch.arange(start, start + c)] = 1
         with torch.no_grad():
             _, (_, dzs, _) = torch.func.jvp(tf.net, (x.view(1, *tf.input_shape).repeat(c, *[1] * len(tf.input_shape)),),
@@ -121,7 +123,7 @@ def cifar_case(arch: str, cifar, device, segments: int, radius: float, g: torch.
     model = partition.recalibrate_bn(build_model(arch, seed=0), cifar, 100, device)
     tf = Tangent.from_model(model, device=device)
     images, _ = partition._points(cifar.subset(segments), 64, device)
-    direction = torch.randn(images.shape, generator=g, dtype=torch.float64)
+    direction = torch.randn(images.shape, generator=g, dtype=torch.float64).to(images.device)
     direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     return tf, images, images + radius * direction
 
@@ -129,6 +131,8 @@ def cifar_case(arch: str, cifar, device, segments: int, radius: float, g: torch.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="/work/shared/data/cifar10")
+    parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "synthetic"),
+                        help="images for the CNN cases (synthetic where real CIFAR-10 is absent)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--segments", type=int, default=2, help="segments per CIFAR network")
@@ -150,12 +154,12 @@ def main() -> None:
         x, _ = partition._points(moons, 1000, device)
         a, b = partition.segments(x, 32, 0.25, g)["train-train"]
         rows.append(compare_walks("mlp_4x64 (BN recalibrated on moons), 32 train-train segments", tf, a, b, 100_001))
-    cifar = load_dataset("cifar10", "test", root=args.data_root, limit=max(100, args.segments))
+    cifar = load_dataset(args.dataset, "test", root=args.data_root, limit=max(100, args.segments))
     for arch in ("cifar_resnet_8", "cifar_resnet_14", "cifar_resnet_20"):
         if not wanted(arch):
             continue
         tf, a, b = cifar_case(arch, cifar, device, args.segments, args.radius, g)
-        rows.append(compare_walks(f"{arch} (BN recalibrated on 100 CIFAR-10 test images), {args.segments} segments "
+        rows.append(compare_walks(f"{arch} (BN recalibrated on 100 {args.dataset} test images), {args.segments} segments "
                                   f"of length {args.radius} from test images", tf, a, b, args.samples))
         rows[-1].update(compare_norms(arch, tf, a[0]))
     print("\n| case | breakpoints | walk (breakpoints/s) | plain walk | walk / plain | counts equal, max abs dt | "

@@ -52,7 +52,7 @@ def timed(fn) -> tuple[float, float]:
 
 def child(args) -> None:
     device = resolve_device(args.device)
-    data = load_dataset("cifar10", "test", root=args.data_root)
+    data = load_dataset(args.dataset, "test", root=args.data_root)
     model = build_model(args.arch, seed=0).to(device).eval()
     sparsity.run(model, data.subset(args.child), batch_size=args.batch_size, device=device)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -63,6 +63,8 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("RFPROBE_DATA", "/work/shared/data/cifar10"))
+    parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "synthetic"),
+                        help="synthetic where real CIFAR-10 is absent")
     parser.add_argument("--arch", default="cifar_resnet_20")
     parser.add_argument("--limit", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=500)
@@ -79,9 +81,9 @@ def main() -> None:
         return
 
     device = resolve_device(args.device)
-    data = load_dataset("cifar10", "test", root=args.data_root, limit=args.limit)
+    data = load_dataset(args.dataset, "test", root=args.data_root, limit=args.limit)
     model = build_model(args.arch, seed=0).to(device).eval()
-    print(f"{args.arch}, {len(data)} CIFAR-10 test images, batch {args.batch_size}, device {device}, "
+    print(f"{args.arch}, {len(data)} {args.dataset} test images, batch {args.batch_size}, device {device}, "
           f"{torch.get_num_threads()} threads; load: {os.getloadavg()}", flush=True)
     variants = {
         "bare": lambda d: bare(model, d, args.batch_size, device),
@@ -110,7 +112,8 @@ def main() -> None:
         return
     peaks = {}
     for n in (1_000, 10_000):
-        command = [sys.executable, __file__, "--child", str(n), "--data-root", args.data_root, "--arch", args.arch,
+        command = [sys.executable, __file__, "--child", str(n), "--data-root", args.data_root, "--dataset", args.dataset,
+                   "--arch", args.arch,
                    "--batch-size", str(args.batch_size), "--device", args.device]
         if args.threads:
             command += ["--threads", str(args.threads)]

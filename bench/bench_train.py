@@ -58,8 +58,10 @@ def reference_epoch(model, loader, optimizer, device) -> float:
     return time.perf_counter() - start
 
 
-def ours_epoch(model, data, optimizer, generator, ctx, batch_size, channels_last) -> float:
-    stats = train_epoch(model, data, optimizer, generator, ctx, batch_size=batch_size, amp=False, channels_last=channels_last)
+def ours_epoch(model, data, optimizer, generator, ctx, batch_size, channels_last, amp=False) -> float:
+    stats = train_epoch(model, data, optimizer, generator, ctx, batch_size=batch_size, amp=amp, channels_last=channels_last)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
     return stats["seconds"]
 
 
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers of the reference")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="our loop in the trainer's autocast (bf16; the reference stays fp32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -95,12 +98,12 @@ def main() -> None:
                                               shuffle=True, drop_last=True, num_workers=w, persistent_workers=w > 0)
                for w in args.workers}
     for name, (model, opt, cl) in ours.items():  # warm-up
-        ours_epoch(model, on_device, opt, generator, ctx, args.batch_size, cl)
+        ours_epoch(model, on_device, opt, generator, ctx, args.batch_size, cl, args.amp)
     for w, loader in loaders.items():
         reference_epoch(ref_model, loader, ref_opt, device)
     for _ in range(args.repeats):
         for name, (model, opt, cl) in ours.items():
-            runs.setdefault(name, []).append(ours_epoch(model, on_device, opt, generator, ctx, args.batch_size, cl))
+            runs.setdefault(name, []).append(ours_epoch(model, on_device, opt, generator, ctx, args.batch_size, cl, args.amp))
         for w, loader in loaders.items():
             runs.setdefault(f"reference_workers{w}", []).append(reference_epoch(ref_model, loader, ref_opt, device))
     best = {k: min(v) for k, v in runs.items()}
