@@ -285,7 +285,6 @@ class Program:
                 step.carrier = None if a_dual == b_dual else (0 if a_dual else 1)
             if any(name in dual_nodes for name in step.inputs):
                 dual_nodes.add(step.name)
-        self.dual_nodes = dual_nodes
         env = self._run(torch.zeros((2, *input_shape), dtype=dtype, device=device), 1, [None] * len(self.steps))
         self.shapes = {name: tuple(value.shape[1:]) for name, value in env.items()
                        if name in dual_nodes and isinstance(value, torch.Tensor)}
