@@ -128,7 +128,7 @@ def segments(x: torch.Tensor, n: int, radius: float, generator: torch.Generator)
     return {"train-train": (a, b), "point-noise": (a, noise), "radius": (a, a + radius * direction)}
 
 
-def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], batch: int, max_breakpoints: int) -> dict:
+def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], max_breakpoints: int) -> dict:
     n = len(next(iter(segs.values()))[0])
     counts = np.zeros((len(kinds), n), dtype=np.int64)
     lengths = np.zeros((len(kinds), n))
@@ -392,7 +392,7 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
               "n_units": ("layer", np.array([layer.size for layer in tf.layers], dtype=np.int64))}
     if segments_per_kind:
         segs = segments(x, segments_per_kind, radius, generator)
-        variables.update(_walk_stats(tf, segs, segment_kinds, batch_size, max_breakpoints))
+        variables.update(_walk_stats(tf, segs, segment_kinds, max_breakpoints))
         coords["segment_kind"] = ("segment_kind", np.array(segment_kinds, dtype=object))
     variables.update(_distance_stats(tf, x, exact_points, probes, batch_size, generator))
     variables.update(_unit_distance_stats(tf, x, batch_size))
