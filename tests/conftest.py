@@ -64,3 +64,14 @@ def kill_when(args, ready, timeout: float = 120.0) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+
+
+def assert_within_ulps(actual, expected, ulps: float) -> None:
+    """|actual - expected| <= ulps * eps * max|expected|, elementwise (eps of the dtype, scale the largest
+    magnitude): for results that take different kernel paths (MKL and oneDNN pick them per CPU), equal up to
+    the order of their sums, so only a few roundings apart."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    bound = ulps * torch.finfo(expected.dtype).eps * scale
+    worst = (actual - expected).abs().max()
+    assert worst <= bound, f"differ by {float(worst / (torch.finfo(expected.dtype).eps * scale)):.1f} ulps of the scale (allowed {ulps})"

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import assert_within_ulps
 from rfprobe.errors import RfprobeError
 from rfprobe.geometry import (Tangent, exact_distance, gradient_norms, hutchinson_norms, slice_partition, tile_basis,
                               walk)
@@ -208,8 +209,9 @@ def test_slice_region_count_equals_dense_grid_resnet(resnet):
     assert found.complete and keys <= set(found.patterns) and len(found.polygons) == len(keys) > 10
 
 
-def test_gradient_norms_sharing_the_point_equal_copies_bitwise(mlp):
-    """One dual forward of [x; e_1 .. e_c] gives bitwise the norms of c copies of x each with its e_i."""
+def test_gradient_norms_sharing_the_point_equal_copies(mlp):
+    """One dual forward of [x; e_1 .. e_c] gives the norms of c copies of x each with its e_i: the same products
+    summed by matmuls of other batch sizes (another kernel path on some CPUs), so within 16 ulps of the scale."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn((2, *mlp.input_shape), generator=g, dtype=torch.float64)
     z, norms = gradient_norms(mlp, x, chunk=1)
@@ -220,15 +222,16 @@ def test_gradient_norms_sharing_the_point_equal_copies_bitwise(mlp):
         basis[0, i] = 1
         zs, dzs = mlp.jvp(x, basis.repeat(2, 1))
         sumsq += torch.cat(dzs, 1).square()
-    assert torch.equal(norms, sumsq.sqrt())
-    assert torch.equal(z, torch.cat(zs, 1))
+    assert_within_ulps(norms, sumsq.sqrt(), 16)
+    assert_within_ulps(z, torch.cat(zs, 1), 16)
 
 
 @pytest.mark.parametrize("tile", [1, 3])
 def test_gradient_norms_through_cones_equal_dense_forwards(resnet, tile):
     """Image inputs: each tile's basis carried through its receptive-field cone gives the norms of dense dual
-    forwards of the same basis vectors: bitwise for one pixel per tile (the cropping drops only exact zeros),
-    within 2 ulp for larger tiles (the squares of a tile are summed in another order)."""
+    forwards of the same basis vectors. The cone runs each conv on a cropped window, the dense forward on the
+    whole image: different conv kernels (chosen per CPU), so the sums round differently; within 16 ulps of the
+    scale (measured: under 1 ulp here with MKL_CBWR unset, COMPATIBLE, AVX2 and AVX512)."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(resnet.input_shape, generator=g, dtype=torch.float64)
     z, norms = gradient_norms(resnet, x, tile=tile)
@@ -238,8 +241,5 @@ def test_gradient_norms_through_cones_equal_dense_forwards(resnet, tile):
         for x0 in range(0, width, tile):
             zs, dzs = resnet.jvp(x[None], tile_basis(resnet, y0, x0, tile).dense())
             sumsq += torch.cat(dzs, 1).square().sum(0)
-    if tile == 1:
-        assert torch.equal(norms, sumsq.sqrt())
-    else:
-        torch.testing.assert_close(norms, sumsq.sqrt(), rtol=4.5e-16, atol=0)
-    assert torch.equal(z, torch.cat(zs, 1)[0])
+    assert_within_ulps(norms, sumsq.sqrt(), 16)
+    assert_within_ulps(z, torch.cat(zs, 1)[0], 16)
