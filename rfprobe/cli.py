@@ -21,7 +21,7 @@ from rfprobe import __version__
 from rfprobe.errors import RfprobeError
 from rfprobe.loading import DataOptions, check_positive, each_checkpoint, load_one
 from rfprobe.options import Option, changed
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES
+from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES, SCORES_LABELS
 
 app = typer.Typer(
     name="rfprobe",
@@ -48,6 +48,7 @@ DATA_OPTIONS = (
     Option("mean", None, "per-channel input mean instead of a preset, e.g. 0.485,0.456,0.406 (with --std)", type=Optional[str]),
     Option("std", None, "per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)", type=Optional[str]),
     Option("device", "auto", "auto, cpu or cuda"),
+    Option("strict", False, "refuse a CIFAR split with fewer examples than published (default: a warning line)"),
 )
 LOAD_OPTIONS = (
     Option("arch", None, "architecture of a bare state dict, e.g. cifar_resnet_20, torchvision:resnet50", type=Optional[str]),
@@ -181,12 +182,12 @@ def run_pass(pass_name: str, labels: list[str], measure, *, out: Path | None, pl
 
 def measure_each(checkpoints: list[Path], labels: list[str], run_one, *, arch, num_classes, device,
                  data_options: DataOptions | None = None, description: str = "",
-                 progress: bool = False):
+                 progress: bool = False, scores_labels: bool = False):
     """`run_one(checkpoint, data)` for each checkpoint in turn (`each_checkpoint`), stacked on `checkpoint`."""
     from rfprobe.results import stack
 
     return stack([run_one(c, data) for c, data in each_checkpoint(
-        checkpoints, arch, num_classes, device, data_options, description, progress)], labels)
+        checkpoints, arch, num_classes, device, data_options, description, progress, scores_labels)], labels)
 
 
 # ---------------------------------------------------------------- info, export
@@ -370,7 +371,7 @@ def each_checkpoint_pass(pass_name: str, o: SimpleNamespace, description: str = 
         o.checkpoints, labels, lambda c, data: module.run_checkpoint(c, data, options, **run),
         arch=o.arch, num_classes=o.num_classes, device=dev, data_options=data_options,
         description=description,
-        progress=reads_data and not o.json_out),
+        progress=reads_data and not o.json_out, scores_labels=pass_name in SCORES_LABELS),
         files=o.checkpoints, **_outputs(o))
 
 
@@ -441,10 +442,10 @@ def signal(o: SimpleNamespace) -> None:
                 x = data_options.for_checkpoint(ckpt, batch_data)
             else:
                 x = signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed).to(dev)
-            at_init = ckpt is None or ckpt.epoch == 0
             init = {} if ckpt is not None else {"init_seed": seed, "bn_init": build.get("bn_init", ""),
                                                 "skip_init_gain": build.get("skip_init_gain", "")}
-            results.append(signal_pass.run(model, x, batch_stats=options["batch_stats"] or at_init, checkpoint=ckpt,
+            results.append(signal_pass.run(model, x, batch_stats=signal_pass.uses_batch_stats(ckpt, options["batch_stats"]),
+                                           checkpoint=ckpt,
                                            input_kind=input_kind, split=o.split, seed=seed, command=sys.argv, **init))
         return stack(results, labels)
 
@@ -460,6 +461,12 @@ STUDY_OPTIONS = (
                            "and final.pt) instead of final.pt alone", type=Optional[str]),
     Option("jobs", 1, "checkpoints measured in parallel worker processes (CPU threads split between them)"),
     Option("merge_only", False, "only merge the stores already in the study directory (INPUT: the directory)"),
+    Option("keep", False, "also keep in the study the checkpoints already under DIR/runs that this command does not "
+                          "name (default: the study holds exactly this command's inputs)"),
+    Option("inputs_file", None, "TOML file of [[input]] tables, one per checkpoint or run directory: path, and any "
+                                "of label, arch, num_classes, mode, epoch, seed, run, normalization, dataset, plus "
+                                "keys of your own (study coordinates); relative paths from the file's folder",
+           type=Optional[Path], flags=("--inputs",)),
     Option("config", None, "TOML file of settings: top-level keys are these options' names (with _), a [pass] "
                            "table holds a pass's options, limit and batch_size; the command line wins", type=Optional[Path]),
     *changed(tuple(o for o in DATA_OPTIONS if o.name != "batch_size"),
@@ -471,9 +478,9 @@ STUDY_OPTIONS = (
 )
 """`rfprobe compare`'s own and shared options; each pass's options follow, prefixed with its name"""
 
-INPUTS = inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-    list[str], typer.Argument(help="checkpoint files, run directories (final.pt, or with --epochs their trajectory) "
-                                   "or globs")])
+INPUTS = inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+    Optional[list[str]], typer.Argument(help="checkpoint files, run directories (final.pt, or with --epochs their "
+                                             "trajectory) or globs (or --inputs FILE.toml)", show_default=False)])
 
 
 def _pass_data_options(name: str) -> tuple[Option, ...]:
@@ -491,19 +498,31 @@ def _compare_parameters() -> list[inspect.Parameter]:
     return params
 
 
-def flatten_study_config(settings: dict, where: str) -> dict:
+def flatten_study_config(settings: dict, where: str, inputs: bool = False) -> dict:
     """A compare settings table (the `--config` format: top-level keys are compare's option names, a table
-    per pass its options) as compare's parameter names (`ablate_seeds`); unknown keys are an error."""
+    per pass its options, with `inputs` also `[[input]]` tables) as compare's parameter names (`ablate_seeds`;
+    the input tables as `input_tables`). Unknown keys and values of the wrong type (rfprobe.options.check_type,
+    every pass's table whether or not the pass runs) are one-line errors."""
+    from rfprobe.options import check_type
+
     flat = {}
+    study = {o.name: o for o in STUDY_OPTIONS if o.name not in ("config", "inputs_file")}
     for key, value in settings.items():
         if isinstance(value, dict) and key in PASSES:
-            known = {o.name for o in PASS_OPTIONS[key] + _pass_data_options(key)}
+            known = {o.name: o for o in PASS_OPTIONS[key] + _pass_data_options(key)}
             for sub, v in value.items():
                 if sub not in known:
                     raise RfprobeError(f"{where}: [{key}] has no option {sub!r}; it takes {', '.join(sorted(known))}")
+                check_type(known[sub], v, f"{where}: [{key}]")
                 flat[f"{key}_{sub}"] = v
-        elif key in {o.name for o in STUDY_OPTIONS} - {"config"}:
-            flat[key] = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs") else value
+        elif key == "input" and inputs:
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise RfprobeError(f"{where}: input must be [[input]] tables")
+            flat["input_tables"] = value
+        elif key in study:
+            value = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs") else value
+            check_type(study[key], value, where)
+            flat[key] = value
         else:
             raise RfprobeError(f"{where}: unknown setting {key!r}")
     for key in ("out", "data_root"):
@@ -512,21 +531,35 @@ def flatten_study_config(settings: dict, where: str) -> dict:
     return flat
 
 
-def _compare_settings(ctx: typer.Context, values: dict) -> dict:
-    """The command line's values over the `--config` file's (tomllib)."""
+def read_toml(path: Path, option: str) -> dict:
+    """A TOML file's tables (tomllib), its problems as one line naming the option."""
     import tomllib
 
-    config = values.get("config")
-    if config is None:
-        return values
     try:
-        settings = tomllib.loads(Path(config).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise RfprobeError(f"--config {config}: {e}") from None
-    merged = dict(values)
-    for key, value in flatten_study_config(settings, f"--config {config}").items():
-        if ctx.get_parameter_source(key).name == "DEFAULT":
-            merged[key] = value
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RfprobeError(f"{option} {path}: {e}") from None
+
+
+def _compare_settings(ctx: typer.Context, values: dict) -> dict:
+    """The command line's values over the `--config` file's; the `[[input]]` tables of `--inputs` and of the
+    config as `input_tables` (with the folder their relative paths start from)."""
+    merged = dict(values, input_tables=[])
+    config = values.get("config")
+    if config is not None:
+        for key, value in flatten_study_config(read_toml(config, "--config"), f"--config {config}", inputs=True).items():
+            if key == "input_tables":
+                merged[key] += [(Path(config).parent, t) for t in value]
+            elif ctx.get_parameter_source(key).name == "DEFAULT":
+                merged[key] = value
+    manifest = values.get("inputs_file")
+    if manifest is not None:
+        settings = read_toml(manifest, "--inputs")
+        unknown = [k for k in settings if k != "input"]
+        if unknown or not settings:
+            raise RfprobeError(f"--inputs {manifest}: holds only [[input]] tables (found {', '.join(unknown) or 'none'})")
+        tables = flatten_study_config(settings, f"--inputs {manifest}", inputs=True)["input_tables"]
+        merged["input_tables"] += [(Path(manifest).parent, t) for t in tables]
     return merged
 
 
@@ -555,7 +588,7 @@ def _study_request(o: SimpleNamespace):
     return Request(passes=passes, options=options, dataset=o.dataset, split=o.split,
                    data_root=str(o.data_root) if o.data_root else None, download=o.download,
                    normalization=o.normalization, mean=o.mean, std=o.std, limits=limits, batch_sizes=batch_sizes,
-                   device=o.device, arch=o.arch, num_classes=o.num_classes, command=list(sys.argv))
+                   device=o.device, arch=o.arch, num_classes=o.num_classes, strict=o.strict, command=list(sys.argv))
 
 
 def compare(ctx: typer.Context, **values) -> None:
@@ -566,24 +599,31 @@ def compare(ctx: typer.Context, **values) -> None:
     from rfprobe.report_tables import study_json, study_tables
 
     o = SimpleNamespace(**_compare_settings(ctx, values))
+    inputs = list(o.inputs or [])
     if o.merge_only:
-        if len(o.inputs) != 1 and o.out is None:
+        if o.input_tables:
+            raise RfprobeError("--merge-only merges what the study directory holds; it takes no --inputs tables")
+        if len(inputs) != 1 and o.out is None:
             raise RfprobeError("--merge-only takes the study directory (one INPUT, or --out)")
-        out = Path(o.out or o.inputs[0])
+        out = Path(o.out or inputs[0])
         entries, status = None, {}
     else:
         if o.out is None:
             raise RfprobeError("--out DIR is required: the study directory to write (or extend)")
+        if not inputs and not o.input_tables:
+            raise RfprobeError("no checkpoints to compare: give INPUTS, or --inputs FILE.toml with [[input]] tables")
         out = Path(o.out)
         request = _study_request(o)
         study.validate(request)
         check_positive(jobs=o.jobs)
         _check_study_dir(out)
-        entries = study.expand_inputs(o.inputs, study.parse_epochs(o.epochs))
+        epochs = study.parse_epochs(o.epochs)
+        entries = study.expand_all(inputs, o.input_tables, epochs)
         check_files([e.path for e in entries])
+        study.check_study_stores(entries, out, request)
         with counter(len(entries), "compare", enabled=not o.json_out) as advance:
             status = study.run_study(entries, out, request, jobs=o.jobs, on_done=lambda label, done: advance())
-    tree = study.merge(out, [e.label for e in entries] if entries else None)
+    tree = study.merge(out, [e.label for e in entries] if entries else None, keep=o.keep)
     written = {"study": str(out / "study.zarr")}
     if o.epochs is not None and not o.merge_only:
         from rfprobe.plots import save_figure
@@ -605,9 +645,13 @@ def compare(ctx: typer.Context, **values) -> None:
 
 
 def _check_study_dir(out: Path) -> None:
-    """Refuse a study directory that is a file, or a directory holding things a study does not write."""
+    """Refuse a study directory that is a file, that cannot be written, or a directory holding things a study
+    does not write."""
+    from rfprobe.results import check_directory_writable
+
     if out.exists() and not out.is_dir():
         raise RfprobeError(f"--out {out} is a file; give a directory for the study")
+    check_directory_writable(out, "--out")
     if out.is_dir():
         from rfprobe.study import STUDY_FILES
 

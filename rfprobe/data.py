@@ -90,15 +90,35 @@ def default_root() -> Path:
     return Path(os.environ.get("RFPROBE_DATA") or Path.home() / ".cache" / "rfprobe")
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps", "xpu")
+
+
+def _available(kind: str) -> bool:
+    if kind == "cpu":
+        return True
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    backend = getattr(torch.backends, kind, None) if kind == "mps" else getattr(torch, kind, None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto`: CUDA when available, else CPU; `cuda` without a GPU is a clear error."""
+    """`auto`: CUDA when available, else CPU; a named device (cpu, cuda[:N], mps, xpu) that this torch cannot
+    use is a clear error, raised before anything is loaded."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RfprobeError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+    kind = device.split(":")[0]
+    if kind not in DEVICE_KINDS:
         raise RfprobeError(f"unknown --device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
+    if not _available(kind):
+        raise RfprobeError(f"--device {device} asked for, but torch sees no {kind} device here; use --device cpu or auto")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise RfprobeError(f"--device {device!r} is not a device name torch understands (e.g. cuda:0)") from None
+    if kind == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise RfprobeError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -197,7 +217,30 @@ def _download(name: str, root: Path) -> None:
                         "without internet, copy the data there by hand") from None
 
 
-def load_cifar(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False) -> Data:
+PUBLISHED_SIZES = {"train": 50_000, "test": 10_000}
+"""examples per split of CIFAR-10 and CIFAR-100 as published"""
+
+
+def check_cifar(name: str, split: str, y: np.ndarray, classes, source: Path, strict: bool = False) -> None:
+    """Refuse labels outside [0, classes) (a damaged file: no pass can score them); a split with fewer examples
+    than published (a file cut on a record boundary) is one warning line, an error with `strict`."""
+    bad = (y < 0) | (y >= len(classes))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source}: {int(bad.sum())} label(s) outside 0..{len(classes) - 1} in the {split} split (the "
+                        f"first: example {first}, label {int(y[first])}); the data files are damaged")
+    if len(y) < PUBLISHED_SIZES[split]:
+        message = (f"{source}: the {name} {split} split holds {len(y):,} examples, fewer than the published "
+                   f"{PUBLISHED_SIZES[split]:,} (a truncated file?)")
+        if strict:
+            raise DataError(message + "; refused with --strict")
+        from rfprobe.loading import warn
+
+        warn(message + "; measuring what is there (--strict refuses it)")
+
+
+def load_cifar(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False,
+               strict: bool = False) -> Data:
     root = Path(root).expanduser() if root else default_root()
     py_dir, py_files, bin_dir, bin_files, label_bytes, label_index = _LAYOUT[name]
     found_py, found_bin = _find_dir(root, name, py_dir), _find_dir(root, name, bin_dir)
@@ -217,6 +260,7 @@ def load_cifar(name: str, split: str, root: str | os.PathLike | None = None, dow
             f"{name} not found: looked for {py_dir}/ or {bin_dir}/ in {root}"
             f"{'' if root.exists() else ' (which does not exist)'}; pass --data-root DIR, set RFPROBE_DATA, "
             f"or add --download (needs internet)")
+    check_cifar(name, split, y, classes, source, strict)
     return Data(name, split, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), classes, for_dataset(name),
                 str(source))
 
@@ -319,15 +363,17 @@ def check_split(split: str) -> None:
 
 
 def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | None = None, download: bool = False,
-                 limit: int | None = None, seed: int = 0, n: int | None = None, noise: float = 0.1) -> Data:
+                 limit: int | None = None, seed: int = 0, n: int | None = None, noise: float = 0.1,
+                 strict: bool = False) -> Data:
     """Load one split of a dataset by name (see the module docstring); `limit` keeps the first N examples.
-    `seed`, `n` and `noise` apply to the generated datasets only."""
+    `seed`, `n` and `noise` apply to the generated datasets only; `strict` refuses a CIFAR split smaller than
+    published (`check_cifar`)."""
     check_split(split)
     check_dataset_name(name)
     if limit is not None and limit < 1:
         raise RfprobeError(f"--limit must be at least 1, got {limit}")
     if name in ("cifar10", "cifar100"):
-        data = load_cifar(name, split, root, download)
+        data = load_cifar(name, split, root, download, strict)
     elif name == "synthetic":
         data = load_synthetic(split, seed, n if n else (None if limit is None else min(limit, SYNTHETIC_SIZES[split])))
     else:

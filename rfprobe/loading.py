@@ -28,6 +28,11 @@ def load_one(path: Path, arch: str | None = None, num_classes: int | None = None
     return ckpt
 
 
+def note(message: str) -> None:
+    """One unwrapped line on stderr that is not a warning (e.g. why a stored result is recomputed)."""
+    print(f"rfprobe: {message}", file=sys.stderr)
+
+
 def check_positive(**options: int | None) -> None:
     """`--limit`, `--batch-size`, ...: each given value must be at least 1 (option names from the keywords)."""
     for name, value in options.items():
@@ -43,6 +48,17 @@ def warn_dataset_mismatch(checkpoint, data) -> None:
         warn(f"{checkpoint.path} was trained on {checkpoint.dataset}; measuring it on {data.name}")
 
 
+def check_head(checkpoint, data, explicit: bool) -> None:
+    """Refuse (one line) to score a model whose head has another number of outputs than the dataset has
+    classes (a 1000-class ImageNet head on CIFAR-10's 10 labels would report a meaningless accuracy), unless
+    the user said how many classes the head has (`explicit`: --num-classes or num_classes in --inputs)."""
+    if explicit or checkpoint.num_classes == len(data.classes):
+        return
+    raise RfprobeError(f"{checkpoint.path}: the model's head has {checkpoint.num_classes} outputs but {data.name} has "
+                       f"{len(data.classes)} classes, so its accuracy would mean nothing; measure it on its own dataset, "
+                       f"or pass --num-classes {checkpoint.num_classes} to score it anyway")
+
+
 class DataOptions:
     """The data options of a pass, validated at once (before anything is loaded); `load` reads the data.
     `DataOptions.of(o)` takes them from a command's parsed values."""
@@ -50,10 +66,11 @@ class DataOptions:
     @classmethod
     def of(cls, o: SimpleNamespace) -> "DataOptions":
         check_positive(batch_size=getattr(o, "batch_size", None))
-        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean, o.std)
+        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean, o.std,
+                   strict=getattr(o, "strict", False))
 
     def __init__(self, dataset: str | None, split: str, data_root: Path | None, download: bool, limit: int | None,
-                 normalization: str | None, mean: str | None, std: str | None):
+                 normalization: str | None, mean: str | None, std: str | None, *, strict: bool = False):
         from rfprobe.data import check_dataset_name, check_split
         from rfprobe.normalization import from_options
 
@@ -62,12 +79,14 @@ class DataOptions:
         check_split(split)
         check_positive(limit=limit)
         self.dataset, self.split, self.root, self.download, self.limit = dataset, split, data_root, download, limit
+        self.strict = strict
         self.override = from_options(normalization, mean, std)
 
     def load(self, dataset: str | None = None):
         from rfprobe.data import load_dataset
 
-        return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit)
+        return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit,
+                            strict=self.strict)
 
     def for_checkpoint(self, checkpoint, data):
         """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess."""
@@ -82,10 +101,11 @@ class DataOptions:
 
 
 def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,
-                    description: str = "", progress: bool = False):
+                    description: str = "", progress: bool = False, scores_labels: bool = False):
     """Yield `(checkpoint, data)` one checkpoint at a time (memory bounded by one model), with `data` loaded
     once (`default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
-    each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`."""
+    each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`. With
+    `scores_labels` each model's head is checked against the dataset's classes (`check_head`)."""
     from rfprobe.progress import track
 
     data = None
@@ -98,6 +118,8 @@ def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: 
             continue
         if data is None:
             data = data_options.load(default_dataset(ckpt))
+        if scores_labels:
+            check_head(ckpt, data, explicit=num_classes is not None)
         yield ckpt, data_options.for_checkpoint(ckpt, data)
 
 

@@ -49,3 +49,44 @@ def changed(options: tuple[Option, ...], **changes: dict) -> tuple[Option, ...]:
 
 def defaults(options: tuple[Option, ...]) -> dict[str, Any]:
     return {o.name: o.default for o in options}
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether a TOML value fits an option's annotation (int, float, bool, str, Path, list[X], Optional[X])."""
+    import typing
+    from pathlib import Path
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return any(_accepts(a, value) for a in args if a is not type(None))
+    if origin is list:
+        return isinstance(value, list) and all(_accepts(args[0], v) for v in value)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in (str, Path):
+        return isinstance(value, str)
+    return True
+
+
+def type_name(annotation) -> str:
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return " or ".join(type_name(a) for a in args if a is not type(None))
+    if origin is list:
+        return "a list of " + {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, "a path" if getattr(annotation, "__name__", "") in ("Path", "PosixPath") else str(annotation))
+
+
+def check_type(option: Option, value: Any, where: str) -> None:
+    """Refuse (one line, rfprobe.errors.RfprobeError) a config value of the wrong type for `option`."""
+    from rfprobe.errors import RfprobeError
+
+    if not _accepts(option.annotation, value):
+        raise RfprobeError(f"{where}: {option.name} must be {type_name(option.annotation)}, got {value!r}")

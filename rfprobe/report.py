@@ -81,7 +81,9 @@ def build(out: str | os.PathLike) -> str:
 
     out = Path(out)
     tree = open_study(out).load()
-    recs = records(out)
+    labels = [label for label in str(tree.attrs.get("checkpoints", "")).split(", ") if label]
+    found = records(out, labels)
+    recs = {label: found[label] for label in labels if label in found}
     parts = [f"<h1>rfprobe study: {html.escape(out.resolve().name)}</h1>",
              f"<p>{len(recs)} checkpoints, passes: {html.escape(', '.join(n for n, _ in study_groups(tree)))}. "
              f"Written by rfprobe {html.escape(__version__)} from <span class=mono>{html.escape(str(out / 'study.zarr'))}"

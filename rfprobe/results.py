@@ -27,6 +27,7 @@ import xarray as xr
 from rfprobe import __version__
 from rfprobe.atomic import atomic_directory
 from rfprobe.errors import ResultExistsError, RfprobeError
+from rfprobe.storecheck import write_manifest
 
 ZARR_FORMAT = 2
 PER_CHECKPOINT = {"checkpoint": "checkpoint_path", "checkpoint_sha256": "checkpoint_sha256", "arch": "arch",
@@ -152,6 +153,19 @@ def pad_ragged(datasets: Sequence[xr.Dataset]) -> list[xr.Dataset]:
     return out
 
 
+def _combined_attrs(datasets: Sequence[xr.Dataset]) -> dict:
+    """The attrs of a stack: an attr every Dataset has with one value keeps it; one whose values differ (the
+    dataset, n_examples, created, ... of checkpoints measured apart) lists each checkpoint's, joined by "; ",
+    so no checkpoint's value stands for the others'."""
+    names = list(dict.fromkeys(k for ds in datasets for k in ds.attrs))
+    out = {}
+    for name in names:
+        values = [ds.attrs.get(name, "") for ds in datasets]
+        same = all(isinstance(v, type(values[0])) and np.array_equal(v, values[0]) for v in values[1:])
+        out[name] = values[0] if same else "; ".join(str(v) for v in values)
+    return out
+
+
 def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
     """Concatenate per-checkpoint Datasets along a new `checkpoint` dimension (coordinate: `labels`).
 
@@ -192,7 +206,7 @@ def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
             for ds in demoted]
         out = xr.concat(aligned, dim=index, join="outer", coords="minimal", compat="equals",
                         combine_attrs="drop_conflicts")
-    out.attrs.update(datasets[0].attrs)
+    out.attrs = _combined_attrs(datasets)
     for attr in JOINED_ATTRS:
         if any(attr in ds.attrs for ds in datasets):
             out.attrs[attr] = "; ".join(str(ds.attrs.get(attr, "")) for ds in datasets)
@@ -238,6 +252,7 @@ def check_writable(path: str | os.PathLike, overwrite: bool, *, replaceable: Cal
         if not replaceable(path):
             raise ResultExistsError(f"{path} exists and is not {what}; rfprobe replaces only its own outputs, so it "
                                     f"is left untouched: choose another {option} or remove it yourself")
+        check_own_store(path, option)
     ancestor = path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -248,27 +263,78 @@ def check_writable(path: str | os.PathLike, overwrite: bool, *, replaceable: Cal
     return path
 
 
+def check_directory_writable(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse (one line) an output directory that cannot be created or written: a probe file is created and
+    removed in it, or in its nearest existing ancestor (this finds a read-only file system and missing
+    permissions alike, also for root)."""
+    import tempfile
+
+    path = Path(path)
+    target = path
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir():
+        raise RfprobeError(f"{option} {path}: cannot create it, {target} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rfprobe-write-check-", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RfprobeError(f"{option} {path}: cannot write there ({target}: {e.strerror or e})") from None
+    return path
+
+
+def check_own_store(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse (one line) to replace a result store that holds files rfprobe did not write (rfprobe.storecheck):
+    replacing it would delete them."""
+    from rfprobe.storecheck import foreign_files
+
+    path = Path(path)
+    if not is_result_store(path):
+        return
+    foreign = foreign_files(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ResultExistsError(f"{path} holds files rfprobe did not write ({shown}); replacing the store would delete "
+                                f"them, so it is left untouched: move them out, or choose another {option}")
+
+
 def save_result(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write `ds` as a zarr store at `path` through `rfprobe.atomic.atomic_directory`: written completely
     beside `path` first, then renamed into place, so an interrupted or failed save never damages what was
-    there. An existing `path` is refused unless `overwrite`, and even then unless it is an rfprobe result."""
+    there. An existing `path` is refused unless `overwrite`, and even then unless it is an rfprobe result holding
+    nothing rfprobe did not write. The store gets its checksum manifest (rfprobe.storecheck)."""
     path = check_writable(path, overwrite)
     ds = _as_object_strings(ds.copy().drop_encoding())
     ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
     with atomic_directory(path) as tmp:
         ds.to_zarr(tmp, mode="w-", zarr_format=ZARR_FORMAT, consolidated=True)
+        write_manifest(tmp)
     return path
 
 
 def open_result(path: str | os.PathLike, load: bool = True) -> xr.Dataset:
-    """`xr.open_zarr(path)` plus checks: the store exists and is an rfprobe result (it has `rfprobe_pass`)."""
+    """`xr.open_zarr(path)` plus checks: the store exists, is an rfprobe result (it has `rfprobe_pass`) and,
+    where it has a checksum manifest (rfprobe.storecheck), every file is whole; a store that does not open or
+    decode is one line naming it."""
+    from rfprobe.storecheck import MANIFEST, problem
+
     path = Path(path)
     if not path.exists():
         raise RfprobeError(f"{path}: no such result")
+    if (path / MANIFEST).exists():
+        damage = problem(path)
+        if damage:
+            raise RfprobeError(f"{path}: damaged store: {damage}; recompute it")
     try:
         ds = xr.open_zarr(path, zarr_format=ZARR_FORMAT, consolidated=True)
-    except Exception as e:  # zarr/xarray raise many types for a store that is not one
+    except (OSError, ValueError, KeyError, TypeError) as e:  # zarr's errors are ValueError/OSError subclasses
         raise RfprobeError(f"{path}: not a readable zarr store ({type(e).__name__}: {e})") from None
     if "rfprobe_pass" not in ds.attrs:
         raise RfprobeError(f"{path}: a zarr store, but not an rfprobe result (no rfprobe_pass attribute)")
-    return ds.load() if load else ds
+    if not load:
+        return ds
+    try:
+        return ds.load()
+    except (OSError, ValueError, RuntimeError) as e:  # a chunk that does not decode (numcodecs raises RuntimeError)
+        raise RfprobeError(f"{path}: a chunk of the store does not decode ({type(e).__name__}: {e}); recompute it") from None

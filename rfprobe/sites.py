@@ -132,7 +132,8 @@ def enclosing_module(node: fx.Node) -> str:
 def trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
-    except Exception as e:  # fx raises many kinds (TraceError, TypeError, ...) for untraceable code
+    except (fx.proxy.TraceError, TypeError, NotImplementedError, RuntimeError, AttributeError) as e:
+        # what fx raises for a model's code it cannot trace (data-dependent control flow, unsupported calls)
         arch = getattr(model, "rfprobe_arch", type(model).__name__)
         first_line = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise RfprobeError(f"cannot trace {arch} with torch.fx to find its BN layers: {first_line}") from None

@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES
+from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES, SCORES_LABELS
 
 STUDY_COORDS = ("run", "mode", "arch", "depth", "width", "seed", "epoch", "dataset")
 """coordinates on `checkpoint` in every group of study.zarr: the network's depth and width (from the
@@ -41,13 +41,27 @@ TRAJECTORY_FILE = re.compile(r"epoch_(\d+)\.pt$")
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+INPUT_KEYS = ("path", "label", "arch", "num_classes", "mode", "epoch", "seed", "run", "normalization", "dataset")
+"""the keys of an `[[input]]` table (`--inputs`) that rfprobe reads; any other key is a user coordinate"""
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One checkpoint of a study: its file, its label (a directory name under DIR/runs) and its run."""
+    """One checkpoint of a study: its file, its label (a directory name under DIR/runs) and its run; what an
+    `[[input]]` table says of it: `arch` / `num_classes` to load a bare state dict, `given` facts (mode, epoch,
+    seed, normalization, dataset) that override the checkpoint's records, and `extra` user coordinates."""
 
     path: Path
     label: str
     run: str
+    arch: str | None = None
+    num_classes: int | None = None
+    given: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def describes(self) -> dict:
+        """What the study was told about this checkpoint beside its file (recorded in checkpoint.json)."""
+        return {"arch": self.arch, "num_classes": self.num_classes, "given": self.given, "extra": self.extra}
 
 
 def parse_epochs(text: str | None) -> str | tuple[int, ...] | None:
@@ -142,10 +156,66 @@ def expand_inputs(inputs: Iterable[str], epochs: str | tuple[int, ...] | None = 
     return [Entry(path, label, run) for (path, _, run), label in zip(found, labels)]
 
 
+def _input_entries(base: Path, table: dict, where: str, epochs) -> list[tuple[Path, str, str, dict]]:
+    """The checkpoints of one `[[input]]` table (its path expanded as `expand_inputs` does), each with the
+    table's facts: (path, label, run, table)."""
+    from rfprobe.data import check_dataset_name
+    from rfprobe.models import architecture_options
+    from rfprobe.normalization import from_options
+
+    types = {"path": str, "label": str, "arch": str, "num_classes": int, "mode": str, "epoch": int, "seed": int,
+             "run": str, "normalization": str, "dataset": str}
+    if "path" not in table:
+        raise RfprobeError(f"{where}: an [[input]] table without path")
+    for key, value in table.items():
+        wanted = types.get(key)
+        if wanted is not None and not (isinstance(value, wanted) and not isinstance(value, bool)):
+            raise RfprobeError(f"{where}: {key} must be {'an integer' if wanted is int else 'a string'}, got {value!r}")
+        if wanted is None and not isinstance(value, (str, int, float, bool)):
+            raise RfprobeError(f"{where}: {key} (a coordinate of your own) must be a string, number or boolean, "
+                               f"got {value!r}")
+    if "arch" in table:
+        architecture_options(table["arch"])
+    if "dataset" in table:
+        check_dataset_name(table["dataset"])
+    if "normalization" in table:
+        from_options(table["normalization"], None, None)
+    for key in ("num_classes", "epoch"):
+        if key in table and table[key] < (1 if key == "num_classes" else 0):
+            raise RfprobeError(f"{where}: {key} must be at least {1 if key == 'num_classes' else 0}, got {table[key]}")
+    path = Path(table["path"]).expanduser()
+    path = path if path.is_absolute() else base / path
+    found = expand_inputs([str(path)], epochs)
+    if "epoch" in table and len(found) > 1:
+        raise RfprobeError(f"{where}: epoch = {table['epoch']} names one checkpoint, but {path} expands to {len(found)}")
+    if "label" in table and len(found) > 1:
+        raise RfprobeError(f"{where}: label = {table['label']!r} names one checkpoint, but {path} expands to {len(found)}")
+    return [(e.path, table.get("label", e.label), table.get("run", e.run), table) for e in found]
+
+
+def expand_all(inputs: Iterable[str], tables: list[tuple[Path, dict]] = (),
+               epochs: str | tuple[int, ...] | None = None) -> list[Entry]:
+    """The study's checkpoints: `inputs` (`expand_inputs`), then each `[[input]]` table's (with its folder for
+    relative paths), each carrying what its table says (arch and num_classes to load it, facts that override
+    its records, and the user's own keys as coordinates). Labels are made unique over all of them."""
+    from rfprobe.results import unique_labels
+
+    found = [(e.path, e.label, e.run, {}) for e in expand_inputs(inputs, epochs)] if list(inputs) else []
+    for i, (base, table) in enumerate(tables):
+        found += _input_entries(base, table, f"[[input]] {i + 1} ({table.get('path', 'no path')})", epochs)
+    if not found:
+        raise RfprobeError("no checkpoints to compare")
+    labels = unique_labels([label.replace(os.sep, "_") for _, label, _, _ in found])
+    return [Entry(path, label, run, arch=table.get("arch"), num_classes=table.get("num_classes"),
+                  given={k: table[k] for k in ("mode", "epoch", "seed", "normalization", "dataset") if k in table},
+                  extra={k: v for k, v in table.items() if k not in INPUT_KEYS})
+            for (path, _, run, table), label in zip(found, labels)]
+
+
 def arch_shape(arch: str) -> tuple[int, int]:
-    """(depth, width) named by an architecture: cifar_resnet_N[_W] / nf_resnet_N[_W] / cifar_preact_resnet_N[_W]
-    (width default 16), cifar_vgg_N (64), mlp_DxW; (-1, -1) when the name does not say."""
-    match = re.fullmatch(r"(?:cifar_|nf_|cifar_preact_)?resnet_(\d+)(?:_(\d+))?(?:_he)?", arch)
+    """(depth, width) named by an architecture: cifar_resnet_N[_W] / nf_resnet_N[_W] / nf_he_resnet_N[_W] /
+    cifar_preact_resnet_N[_W] (width default 16), cifar_vgg_N (64), mlp_DxW; (-1, -1) when the name does not say."""
+    match = re.fullmatch(r"(?:cifar_preact_|cifar_|nf_he_|nf_)?resnet_(\d+)(?:_(\d+))?(?:_he)?", arch)
     if match:
         return int(match.group(1)), int(match.group(2) or 16)
     match = re.fullmatch(r"cifar_vgg_(\d+)", arch)
@@ -157,17 +227,33 @@ def arch_shape(arch: str) -> tuple[int, int]:
     return -1, -1
 
 
+def apply_given(entry: Entry, ckpt) -> None:
+    """Set on the loaded checkpoint what the entry's `[[input]]` table says of it (mode, epoch, dataset), so
+    every pass and its provenance see the same facts as the study coordinates; a bare state dict with no
+    mode given gets `unknown`, with one warning line."""
+    from rfprobe.loading import warn
+
+    for key in ("mode", "epoch", "dataset"):
+        if key in entry.given:
+            setattr(ckpt, key, entry.given[key])
+    if ckpt.bare and "mode" not in entry.given:
+        warn(f"{entry.path}: a bare state dict records no trainable mode; its study coordinate mode is 'unknown' "
+             "(give mode = \"...\" in its [[input]] table of --inputs)")
+
+
 def checkpoint_record(entry: Entry, ckpt) -> dict:
-    """What `checkpoint.json` holds: provenance and the study coordinates of one loaded checkpoint."""
+    """What `checkpoint.json` holds: provenance and the study coordinates of one loaded checkpoint (after
+    `apply_given`), and what the entry told the study about it."""
     depth, width = arch_shape(ckpt.arch)
-    seed = ckpt.meta.get("seed", ckpt.hparams.get("seed", -1))
-    normalization = ckpt.normalization
+    seed = entry.given.get("seed", ckpt.meta.get("seed", ckpt.hparams.get("seed", -1)))
+    normalization = entry.given.get("normalization") or (ckpt.normalization.name if ckpt.normalization is not None
+                                                          else "not recorded")
     return {
         "label": entry.label, "path": str(entry.path), "sha256": ckpt.sha256, "run": entry.run, "mode": ckpt.mode,
-        "arch": ckpt.arch, "depth": depth, "width": width, "seed": int(seed if seed is not None else -1),
-        "epoch": int(ckpt.epoch if ckpt.epoch is not None else -1), "dataset": ckpt.dataset,
-        "normalization": normalization.name if normalization is not None else "not recorded",
-        "metrics": ckpt.metrics,
+        "arch": ckpt.arch, "num_classes": ckpt.num_classes, "depth": depth, "width": width,
+        "seed": int(seed if seed is not None else -1), "epoch": int(ckpt.epoch if ckpt.epoch is not None else -1),
+        "dataset": ckpt.dataset, "normalization": normalization, "metrics": ckpt.metrics,
+        "entry": entry.describes(), "extra": dict(entry.extra),
     }
 
 
@@ -190,6 +276,7 @@ class Request:
     device: str = "auto"
     arch: str | None = None
     num_classes: int | None = None
+    strict: bool = False
     command: list[str] = field(default_factory=list)
 
     def reads_data(self, pass_name: str) -> bool:
@@ -197,12 +284,23 @@ class Request:
         return PASS_DATA[pass_name] is not None and (
             pass_name != "signal" or self.options["signal"].get("input_kind") == "data")
 
-    def fingerprint(self, pass_name: str, device_kind: str) -> str:
-        """The JSON of what decides one pass's numbers (not where data lives, not the command line)."""
-        decided = {"pass": pass_name, "options": self.options[pass_name]}
+    def fingerprint(self, pass_name: str, device_kind: str, entry: Entry | None = None) -> str:
+        """The JSON of what decides one pass's numbers on one checkpoint (its file is checked by sha256 beside
+        it): the pass, its options, the rfprobe version, how a bare file is loaded (arch, classes); for a data
+        pass the data's identity (dataset, split, the data folder, limit), its normalisation, batch size and
+        device kind. Not the command line."""
+        from rfprobe import __version__
+
+        entry = entry or Entry(Path(""), "", "")
+        decided = {"pass": pass_name, "options": self.options[pass_name], "rfprobe_version": __version__,
+                   "arch": entry.arch or self.arch, "num_classes": entry.num_classes or self.num_classes}
         if self.reads_data(pass_name):
-            decided.update(dataset=self.dataset, split=self.split, normalization=self.normalization, mean=self.mean,
-                           std=self.std, limit=self.limits.get(pass_name), batch_size=self.batch_sizes.get(pass_name),
+            normalization = entry.given.get("normalization")
+            decided.update(dataset=entry.given.get("dataset") or self.dataset, split=self.split,
+                           data_root=str(Path(self.data_root).resolve()) if self.data_root else None,
+                           normalization=normalization or self.normalization,
+                           mean=None if normalization else self.mean, std=None if normalization else self.std,
+                           limit=self.limits.get(pass_name), batch_size=self.batch_sizes.get(pass_name),
                            device=device_kind)
         return json.dumps(decided, sort_keys=True, default=str)
 
@@ -232,55 +330,108 @@ def store_path(out: Path, label: str, pass_name: str) -> Path:
     return out / "runs" / label / f"{pass_name}.zarr"
 
 
-def _store_matches(path: Path, sha256: str, fingerprint: str) -> bool:
-    """True when `path` is a finished store of the same checkpoint and the same request (read from its
-    consolidated metadata only)."""
-    from rfprobe.results import is_result_store
-
-    if not is_result_store(path):
-        return False
+def _store_attrs(path: Path) -> dict | None:
+    """The root attrs of a result store, from its consolidated metadata (None when unreadable)."""
     try:
         attrs = json.loads((path / ".zmetadata").read_text())["metadata"][".zattrs"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return attrs.get("checkpoint_sha256") == sha256 and attrs.get("study_fingerprint") == fingerprint
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
 
 
-_DATA_CACHE: dict = {}
+def store_problem(path: Path, sha256: str, fingerprint: str | None = None) -> str | None:
+    """None when `path` is a whole store of the checkpoint whose file has `sha256` (and, when given, of the
+    request with `fingerprint`); else why it cannot be reused, in a few words. Whole: every file has the
+    checksum recorded when it was written (rfprobe.storecheck)."""
+    from rfprobe.results import is_result_store
+    from rfprobe.storecheck import problem
+
+    if not path.exists():
+        return "missing"
+    attrs = _store_attrs(path) if is_result_store(path) else None
+    if attrs is None:
+        return "not a readable rfprobe result"
+    if attrs.get("checkpoint_sha256") != sha256:
+        return (f"it was computed from another file (sha256 {str(attrs.get('checkpoint_sha256'))[:12]}, the checkpoint "
+                f"is now {sha256[:12]})")
+    if fingerprint is not None and attrs.get("study_fingerprint") != fingerprint:
+        return "its options, data, loading or rfprobe version differ from this request"
+    return problem(path)
 
 
-def _data_for(request: Request, pass_name: str, ckpt):
-    """The data a pass measures `ckpt` on, normalised for it; loaded once per process and dataset."""
+class _DataCache:
+    """The datasets a study process has loaded, keyed by everything that decides them (dataset, split, data
+    folder, limit; signal's batch and seed), the `SIZE` most recent kept."""
+
+    SIZE = 2
+
+    def __init__(self):
+        self.items: dict = {}
+
+    def get(self, key, load):
+        if key in self.items:
+            self.items[key] = self.items.pop(key)
+        else:
+            self.items[key] = load()
+            while len(self.items) > self.SIZE:
+                self.items.pop(next(iter(self.items)))
+        return self.items[key]
+
+
+_DATA_CACHE = _DataCache()
+
+
+def _data_for(request: Request, pass_name: str, ckpt, entry: Entry | None = None):
+    """The data a pass measures `ckpt` on, normalised for it (the entry's own dataset and normalisation
+    where its `[[input]]` table gives them); loaded once per process and dataset (`_DataCache`)."""
     from rfprobe.loading import DataOptions, default_dataset
 
-    dataset = request.dataset or default_dataset(ckpt)
+    given = entry.given if entry is not None else {}
+    dataset = given.get("dataset") or request.dataset or default_dataset(ckpt)
+    norm = (given["normalization"], None, None) if given.get("normalization") else (
+        request.normalization, request.mean, request.std)
     options = DataOptions(dataset, request.split, request.data_root, request.download, request.limits.get(pass_name),
-                          request.normalization, request.mean, request.std)
+                          *norm, strict=request.strict)
+    root = str(Path(request.data_root).resolve()) if request.data_root else None
     if pass_name == "signal":
         from rfprobe.passes.signal import data_input
 
         o = request.options["signal"]
-        key = ("signal", dataset, request.split, o.get("batch", 256), o.get("seed", 0))
-        if key not in _DATA_CACHE:
-            _DATA_CACHE[key] = data_input(dataset, o.get("batch", 256), o.get("seed", 0), split=request.split,
-                                          root=request.data_root, download=request.download)
+        key = ("signal", dataset, request.split, root, o.get("batch", 256), o.get("seed", 0))
+        data = _DATA_CACHE.get(key, lambda: data_input(dataset, o.get("batch", 256), o.get("seed", 0),
+                                                       split=request.split, root=request.data_root,
+                                                       download=request.download))
     else:
-        key = (dataset, request.split, request.limits.get(pass_name))
-        if key not in _DATA_CACHE:
-            _DATA_CACHE[key] = options.load()
-    return options.for_checkpoint(ckpt, _DATA_CACHE[key])
+        key = (dataset, request.split, root, request.limits.get(pass_name))
+        data = _DATA_CACHE.get(key, options.load)
+    if pass_name in SCORES_LABELS:
+        from rfprobe.loading import check_head
+
+        check_head(ckpt, data, explicit=bool(entry is not None and entry.num_classes or request.num_classes))
+    return options.for_checkpoint(ckpt, data)
+
+
+def _record_current(path: Path, sha256: str, entry: Entry) -> bool:
+    """Whether checkpoint.json at `path` describes this file (sha256) as this entry describes it."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("sha256") == sha256 and record.get("label") == entry.label
+            and record.get("run") == entry.run and record.get("entry") == json.loads(json.dumps(entry.describes())))
 
 
 def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = None) -> dict[str, str]:
-    """Every pass of `request` on one checkpoint: a store per pass under `out/runs/<label>/`, skipped where a
-    matching one exists; the model is loaded only if some pass must run. Returns pass -> computed/skipped."""
+    """Every pass of `request` on one checkpoint: a store per pass under `out/runs/<label>/`, reused only where
+    `store_problem` finds none (else recomputed, with one line saying why); the model is loaded only if some
+    pass must run or the record is out of date. Returns pass -> computed/skipped."""
     import importlib
 
     import torch
 
     from rfprobe.atomic import atomic_file
     from rfprobe.checkpoint import sha256_file
-    from rfprobe.loading import load_one
+    from rfprobe.loading import load_one, note
     from rfprobe.data import resolve_device
     from rfprobe.results import save_result, stack
 
@@ -288,13 +439,21 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
         torch.set_num_threads(threads)
     device = resolve_device(request.device)
     sha = sha256_file(entry.path)
-    todo = [p for p in request.passes if not _store_matches(store_path(out, entry.label, p), sha,
-                                                            request.fingerprint(p, device.type))]
+    todo = []
+    for name in request.passes:
+        path = store_path(out, entry.label, name)
+        why = store_problem(path, sha, request.fingerprint(name, device.type, entry))
+        if why is not None:
+            todo.append(name)
+            if why != "missing":
+                note(f"recomputing {path}: {why}")
     status = {p: "skipped" for p in request.passes}
     record_path = out / "runs" / entry.label / "checkpoint.json"
-    if not todo and record_path.exists():
+    if not todo and _record_current(record_path, sha, entry):
         return status
-    ckpt = load_one(entry.path, request.arch, request.num_classes, device=device)
+    arch, num_classes = entry.arch or request.arch, entry.num_classes or request.num_classes
+    ckpt = load_one(entry.path, arch, num_classes, device=device)
+    apply_given(entry, ckpt)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(record_path) as tmp:
         tmp.write_text(json.dumps(checkpoint_record(entry, ckpt), indent=1, default=str) + "\n")
@@ -302,15 +461,36 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
         module = importlib.import_module(f"rfprobe.passes.{name}")
         data = None
         if request.reads_data(name):
-            data = _data_for(request, name, ckpt)
+            data = _data_for(request, name, ckpt, entry)
         ds = module.run_checkpoint(ckpt, data, request.options[name], batch_size=request.batch_sizes.get(name, 500),
                                    device=device, command=request.command, progress=False,
-                                   **({"load": lambda p: load_one(p, request.arch, request.num_classes, device=device)}
+                                   **({"load": lambda p: load_one(p, arch, num_classes, device=device)}
                                       if name == "ablate" else {}))
-        ds.attrs["study_fingerprint"] = request.fingerprint(name, device.type)
+        ds.attrs["study_fingerprint"] = request.fingerprint(name, device.type, entry)
         save_result(stack([ds], [entry.label]), store_path(out, entry.label, name), overwrite=True)
         status[name] = "computed"
     return status
+
+
+def check_study_stores(entries: list[Entry], out: Path, request: Request) -> None:
+    """Before any work: refuse (one line) when a store this request may replace holds files rfprobe did not
+    write (rfprobe.results.check_own_store), so a recompute never deletes a user's file."""
+    from rfprobe.results import check_own_store
+
+    for entry in entries:
+        for name in request.passes:
+            check_own_store(store_path(out, entry.label, name), option="--out")
+    check_own_store(out / "study.zarr", option="--out")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """The temporaries that killed runs left in a study directory (rfprobe.atomic's own names only)."""
+    from rfprobe.atomic import remove_stale_temporaries as remove
+
+    remove(out)
+    for folder in (out / "runs").glob("*"):
+        if folder.is_dir() and not folder.is_symlink():
+            remove(folder)
 
 
 def run_study(entries: list[Entry], out: Path, request: Request, jobs: int = 1,
@@ -319,19 +499,24 @@ def run_study(entries: list[Entry], out: Path, request: Request, jobs: int = 1,
     its share of the CPU threads (rfprobe.pool). Returns label -> pass -> computed/skipped."""
     from rfprobe.pool import run_tasks, threads_per_job
 
+    check_study_stores(entries, out, request)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     threads = threads_per_job(jobs) if jobs > 1 else None
     results = run_tasks(run_entry, [(e, out, request, threads) for e in entries], jobs,
                         None if on_done is None else lambda i, status: on_done(entries[i].label, status))
     return {e.label: status for e, status in zip(entries, results)}
 
 
-def records(out: str | os.PathLike) -> dict[str, dict]:
+def records(out: str | os.PathLike, labels: Iterable[str] | None = None) -> dict[str, dict]:
     """The provenance records (checkpoint.json) of a study directory: label -> record, in (run, epoch,
-    label) order."""
+    label) order; with `labels` (e.g. a study's `checkpoints` attr), only those."""
     out = Path(out)
     found = {}
+    wanted = None if labels is None else set(labels)
     for path in sorted((out / "runs").glob("*/checkpoint.json")):
+        if wanted is not None and path.parent.name not in wanted:
+            continue
         try:
             found[path.parent.name] = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -339,48 +524,110 @@ def records(out: str | os.PathLike) -> dict[str, dict]:
     return dict(sorted(found.items(), key=lambda kv: (kv[1].get("run", ""), kv[1].get("epoch", -1), kv[0])))
 
 
-def merge(out: Path, labels: list[str] | None = None) -> xr.DataTree:
-    """The study DataTree of every store under out/runs (or of `labels`, in their order): one group per pass,
-    stacked on `checkpoint` (affine's histograms re-binned on edges shared by all checkpoints), with the
-    STUDY_COORDS as coordinates; written atomically to out/study.zarr."""
+def _current_sha(record: dict, cache: dict) -> str:
+    """The sha256 of the file a record names as it is now; the recorded one when the file is not here (a
+    study merged on another machine than the one that measured)."""
+    from rfprobe.checkpoint import sha256_file
+
+    path = Path(record.get("path", ""))
+    if str(path) not in cache:
+        cache[str(path)] = sha256_file(path) if path.is_file() else record.get("sha256", "")
+    return cache[str(path)]
+
+
+def _coordinate(values: list) -> np.ndarray:
+    """A study coordinate of per-checkpoint values: int64 when every value is an integer (missing: -1), else
+    text (missing: "")."""
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) or v is None for v in values) and any(
+            v is not None for v in values):
+        return np.array([-1 if v is None else int(v) for v in values], dtype=np.int64)
+    return np.array(["" if v is None else str(v) for v in values], dtype=object)
+
+
+def relative_depth(ds: xr.Dataset) -> xr.DataArray | None:
+    """Each layer's position along its own network's forward order, 0 (first) .. 1 (last): depth / (layers
+    - 1) per checkpoint, NaN where a checkpoint lacks the layer. Compares nets of different depths."""
+    if "layer" not in ds.dims or "layer_depth" not in ds.variables:
+        return None
+    depth = ds["layer_depth"].astype(float)
+    if "checkpoint" not in depth.dims:
+        depth = depth.expand_dims(checkpoint=ds["checkpoint"].values)
+    depth = depth.where(depth >= 0)
+    last = depth.max("layer")
+    return (depth / last.where(last > 0)).fillna(0).where(depth.notnull()).transpose("checkpoint", "layer")
+
+
+def merge(out: Path, labels: list[str] | None = None, keep: bool = False) -> xr.DataTree:
+    """The study DataTree of the checkpoints `labels` (in their order; with `keep`, or when `labels` is None,
+    also every other one under out/runs): one group per pass, stacked on `checkpoint` (affine's histograms
+    re-binned on edges shared by all checkpoints), with the STUDY_COORDS and the inputs' own keys as
+    coordinates and, per layer, `relative_depth`; written atomically to out/study.zarr.
+
+    A store is merged only when it is whole and was computed from the file its checkpoint.json names as that
+    file is now (`store_problem`); any other is left out with one line saying why."""
     from rfprobe.atomic import atomic_directory
+    from rfprobe.loading import note
     from rfprobe.passes.affine import rebin
     from rfprobe.results import ZARR_FORMAT, check_writable, open_result, stack
+    from rfprobe.storecheck import write_manifest
 
     recs = records(out)
-    if labels is None and (out / "study.zarr").exists():  # keep the order of the study being re-merged
-        try:
-            previous = xr.open_datatree(out / "study.zarr", engine="zarr").attrs.get("checkpoints", "").split(", ")
-        except Exception:  # an unreadable old merge is replaced: the stores are the truth
-            previous = []
+    if labels is None or keep:
+        previous = list(labels or [])
+        if not previous and (out / "study.zarr").exists():  # keep the order of the study being re-merged
+            try:
+                previous = xr.open_datatree(out / "study.zarr", engine="zarr").attrs.get("checkpoints", "").split(", ")
+            except (OSError, ValueError, KeyError):  # an unreadable old merge is replaced: the stores are the truth
+                previous = []
         labels = [label for label in previous if label in recs] + [label for label in recs if label not in previous]
-    if labels is not None:
-        recs = {label: recs[label] for label in labels if label in recs}
+    missing = [label for label in labels if label not in recs]
+    if missing:
+        raise RfprobeError(f"{out}: no checkpoint.json for {', '.join(missing[:3])}; rerun rfprobe compare for them")
+    recs = {label: recs[label] for label in labels}
     if not recs:
         raise RfprobeError(f"{out}: no study stores under {out / 'runs'} (run rfprobe compare first)")
+    shas: dict = {}
+    extra_keys = list(dict.fromkeys(k for r in recs.values() for k in r.get("extra", {}) if k not in STUDY_COORDS))
     groups = {}
     for name in PASSES:
-        have = [label for label in recs if store_path(out, label, name).exists()]
+        have = []
+        for label in recs:
+            path = store_path(out, label, name)
+            if not path.exists():
+                continue
+            current = _current_sha(recs[label], shas)
+            why = ("its checkpoint.json was written for another file" if recs[label].get("sha256") != current
+                   else store_problem(path, current))
+            if why is None:
+                have.append(label)
+            else:
+                note(f"the study leaves out {path}: {why}; rerun rfprobe compare with --passes {name} to recompute it")
         if not have:
             continue
         results = [open_result(store_path(out, label, name)).isel(checkpoint=0, drop=True) for label in have]
         if name == "affine":
             results = rebin(results)
         ds = stack(results, have)
-        coords = {c: ("checkpoint", np.array([recs[label][c] for label in have],
-                                             dtype=object if isinstance(recs[have[0]][c], str) else np.int64))
-                  for c in STUDY_COORDS}
+        coords = {c: ("checkpoint", _coordinate([recs[label].get(c) for label in have])) for c in STUDY_COORDS}
+        coords.update({k: ("checkpoint", _coordinate([recs[label].get("extra", {}).get(k) for label in have]))
+                       for k in extra_keys})
         if "depth" in ds.variables:  # a BN's position (a coordinate, or per checkpoint for mixed architectures)
             ds = ds.rename({"depth": "layer_depth"})
         ds = ds.drop_vars([c for c in coords if c in ds.data_vars]).assign_coords(coords)
+        position = relative_depth(ds)
+        if position is not None:
+            ds = ds.assign_coords(relative_depth=position)
         ds.attrs.pop("study_fingerprint", None)
         groups[name] = ds.drop_encoding()  # the stores' on-disk dtypes no longer fit padded variables
+    if not groups:
+        raise RfprobeError(f"{out}: no current, whole store for any of its checkpoints (rerun rfprobe compare)")
     tree = xr.DataTree.from_dict(groups)
     tree.attrs = {"rfprobe_study": 1, "passes": ", ".join(groups), "checkpoints": ", ".join(recs),
-                  "rfprobe_pass": "study"}
+                  "rfprobe_pass": "study", "coordinates": ", ".join((*STUDY_COORDS, *extra_keys))}
     path = check_writable(out / "study.zarr", True)
     with atomic_directory(path) as tmp:
         tree.to_zarr(tmp, zarr_format=ZARR_FORMAT, consolidated=True)
+        write_manifest(tmp)
     return tree
 
 
@@ -411,8 +658,10 @@ def last_checkpoints(group: xr.Dataset) -> dict[str, str]:
 
 
 def summary(tree: xr.DataTree) -> list[str]:
-    """At most five lines: what the study holds, then per trainable mode (each run's latest checkpoint, mean
-    over runs of the mode) accuracy, small-|gamma| fraction, dead ReLU channels, and pruning vs random."""
+    """At most five lines: what the study holds, then per trainable mode (each run's latest checkpoint)
+    accuracy (mean over the mode's runs), small-|gamma| and dead ReLU fractions (channels pooled over the
+    mode's runs, each channel weighing one, so nets of different widths are not averaged as equals), and
+    pruning vs random."""
     any_group = next(iter(tree.children.values())).to_dataset()
     finals = last_checkpoints(any_group)
     modes = {run: str(any_group["mode"].sel(checkpoint=label).values) for run, label in finals.items()}
@@ -420,25 +669,33 @@ def summary(tree: xr.DataTree) -> list[str]:
              f"({', '.join(f'{r}: {m}' for r, m in modes.items())}); passes {', '.join(n for n in PASSES if n in tree.children)}"]
 
     def by_mode(group: str, value) -> str | None:
+        """Per mode: sum of numerators / sum of denominators over the mode's runs (`value` gives both: a
+        fraction of channels pools the channels of all its runs, each channel weighing one; an accuracy is
+        (accuracy, 1), a plain mean over runs)."""
         if group not in tree.children:
             return None
         ds = tree[group].to_dataset()
-        per_mode: dict[str, list[float]] = {}
+        per_mode: dict[str, list[tuple[float, float]]] = {}
         for run, label in finals.items():
-            per_mode.setdefault(modes[run], []).append(float(value(ds.sel(checkpoint=label))))
-        return ", ".join(f"{m} {100 * np.mean(v):.1f}%" for m, v in per_mode.items())
+            per_mode.setdefault(modes[run], []).append(tuple(float(v) for v in value(ds.sel(checkpoint=label))))
+        return ", ".join(f"{m} {100 * sum(n for n, _ in v) / sum(d for _, d in v):.1f}%" for m, v in per_mode.items())
+
+    def channels(d):
+        n = d["n_channels"]
+        return n.where(n >= 0).sum()
 
     for text, group, value in (
-            ("accuracy", "sparsity", lambda d: d["accuracy"]),
-            ("BN channels with |gamma| < 0.01", "dead",
-             lambda d: d["pooled_frac_dead"].sel(pool="all", threshold=0.01) if 0.01 in d["threshold"].values else np.nan),
-            ("dead ReLU channels", "sparsity", lambda d: d["pooled_dead_fraction"]),
+            ("accuracy", "sparsity", lambda d: (d["accuracy"], 1)),
+            ("BN channels with |gamma| < 0.01, pooled over each mode's channels", "dead",
+             lambda d: (d["pooled_n_dead"].sel(pool="all", threshold=0.01), d["pooled_n_channels"].sel(pool="all"))
+             if 0.01 in d["threshold"].values else (np.nan, 1)),
+            ("dead ReLU channels, pooled", "sparsity", lambda d: (d["pooled_dead_count"], channels(d))),
             ("accuracy with the small-|gamma| channels pruned", "ablate",
-             lambda d: d["accuracy"].sel(variant="pruned").mean("draw"))):
+             lambda d: (d["accuracy"].sel(variant="pruned").mean("draw"), 1))):
         cells = by_mode(group, value)
         if cells is not None:
             lines.append(f"{text} (latest epoch): {cells}")
     if "ablate" in tree.children:
-        cells = by_mode("ablate", lambda d: d["accuracy"].sel(variant="random").mean("draw"))
+        cells = by_mode("ablate", lambda d: (d["accuracy"].sel(variant="random").mean("draw"), 1))
         lines[-1] += f"; as many random channels: {cells}"
     return lines[:5]

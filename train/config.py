@@ -26,6 +26,13 @@ RECIPE_MILESTONES = (80, 120)
 
 
 
+def scaled_milestones(epochs: int) -> tuple[int, ...]:
+    """The recipe's milestones (80, 120 of 160 epochs) scaled to `epochs`: round(m * epochs / 160), at least
+    1, so the first epoch always runs at the base rate (rounding alone put a 1-epoch run at a tenth of it); a
+    milestone at or past the last epoch never applies (a 1-epoch run keeps the base rate throughout)."""
+    return tuple(max(1, round(m * epochs / RECIPE_EPOCHS)) for m in RECIPE_MILESTONES)
+
+
 def option(default, help: str, *, training: bool = False, cli: str | None = None, **extra):
     """A Config field: its default, the `--help` text, whether it defines what is trained (a resumed run
     must agree on it), and how the command line spells it (`cli`: `comma` for comma-separated numbers,
@@ -90,7 +97,7 @@ class Config:
     def __post_init__(self) -> None:
         self.also = tuple(self.also)
         if self.milestones is None:
-            self.milestones = tuple(round(m * self.epochs / RECIPE_EPOCHS) for m in RECIPE_MILESTONES)
+            self.milestones = scaled_milestones(self.epochs)
         self.milestones = tuple(sorted(int(m) for m in self.milestones))
         for name in ("mean", "std"):
             if isinstance(getattr(self, name), list):
@@ -144,6 +151,18 @@ class Config:
         mode = self.mode.replace("+", "-") + (f"-k{self.random_k}" if self.mode == "random" else "")
         also = "".join(f"+{a}" for a in self.also)
         return Path("runs") / f"{self.arch}_{mode}{also}_{self.dataset.replace(':', '-')}_s{self.seed}"
+
+    def schedule(self) -> str:
+        """The learning-rate schedule in words, e.g. `lr 0.1 for epochs 1-2, 0.001 for epoch 3` (epochs counted
+        from 1 as the trainer prints them)."""
+        spans, start = [], 0
+        for epoch in range(1, self.epochs + 1):
+            if epoch == self.epochs or self.lr_at(epoch) != self.lr_at(start):
+                first, last = start + 1, epoch
+                spans.append(f"{self.lr_at(start):g} for epoch{'s' if last > first else ''} "
+                             f"{first}{f'-{last}' if last > first else ''}")
+                start = epoch
+        return "lr " + ", ".join(spans) + f" (milestones {', '.join(map(str, self.milestones)) or 'none'})"
 
     def lr_at(self, epoch: int) -> float:
         """lr * lr_factor ** (number of milestones <= epoch), epoch counted from 0 (MultiStepLR's rule)."""
@@ -230,7 +249,8 @@ def to_toml(config: Config) -> str:
     """The resolved config as TOML (what `read_toml` reads back): every stored field that is not None.
     Written by hand: the standard library reads TOML but does not write it, and flat scalars and lists
     need no more than this."""
-    lines = ["# python -m train --config this-file reproduces the run (rfprobe trainer settings)"]
+    lines = ["# python -m train --config this-file reproduces the run (rfprobe trainer settings)",
+             f"# schedule: {config.schedule()}"]
     for f in fields(Config):
         value = getattr(config, f.name)
         if value is not None and f.metadata.get("stored", True):

@@ -197,7 +197,7 @@ def _loop(config: Config, ctx: distributed.Context, run: Run) -> None:
     _say(ctx, f"{config.arch} mode {config.mode}: {run.trainable.count(model):,} of {total:,} parameters train; "
               f"{len(run.train_data)} train / {len(run.test_data)} test {config.dataset} examples; {run.device}"
               f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}; {out}"
-              f"{f' (resumed at epoch {run.start})' if run.resumed else ''}")
+              f"{f' (resumed at epoch {run.start})' if run.resumed else ''}; {config.schedule()}")
     training = config.mode != "none"
     epochs = config.epochs if training else 0
     if not run.resumed:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rfprobe.atomic import atomic_file
+from rfprobe.atomic import atomic_file, remove_stale_temporaries
 from rfprobe.errors import RfprobeError
+from rfprobe.results import check_directory_writable
 
 RUN_FILES = ("init.pt", "final.pt", "last.pt", "metrics.jsonl")
 CONFIG_FILE = "config.toml"
@@ -23,6 +24,7 @@ def check(path: Path, *, resume: bool, overwrite: bool) -> None:
     directory that holds a run (never an unrelated folder). Read-only: safe on every rank."""
     if path.exists() and not path.is_dir():
         raise RfprobeError(f"--out {path} is a file, not a run directory")
+    check_directory_writable(path, "--out")
     if not path.exists() or not any(path.iterdir()) or resume:
         return
     if not overwrite:
@@ -43,10 +45,7 @@ def reset(path: Path, overwrite: bool) -> None:
         for file in run_files(path):
             file.unlink()
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob(".*.tmp-*"):  # rfprobe.atomic's temporaries, left by a killed run
-        if stale.is_file() and stale.name[1:].partition(".tmp-")[0] in (*RUN_FILES, CONFIG_FILE) \
-                or stale.name.startswith(".epoch_"):
-            stale.unlink()
+    remove_stale_temporaries(path)
 
 
 def write_config(path: Path, text: str) -> None:

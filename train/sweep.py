@@ -17,6 +17,7 @@ from rich.table import Table
 from rfprobe.entrypoint import run_app
 from rfprobe.errors import RfprobeError
 from rfprobe.pool import run_tasks, threads_per_job
+from rfprobe.results import check_directory_writable
 from train import executors
 from train.grid import Run, config_dict, error_file, plan, read_spec, state
 
@@ -115,6 +116,8 @@ def sweep(
     out = out or Path("sweeps") / spec_path.stem
     if out.exists() and not out.is_dir():
         raise RfprobeError(f"--out {out} is a file; give a directory for the sweep")
+    if not (dry_run or status):
+        check_directory_writable(out, "--out")
     runs = plan(spec, out)
     if spec.analysis is not None:
         from rfprobe import study

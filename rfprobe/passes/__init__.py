@@ -52,8 +52,11 @@ PASS_OPTIONS: dict[str, tuple[Option, ...]] = {
                flags=("--input",)),
         Option("batch", 256, "examples in the one batch measured", flags=("--batch", "--batch-size")),
         Option("seed", 0, "seed of the input batch and of fresh inits"),
-        Option("batch_stats", False, "BN normalises with the batch's statistics also for trained checkpoints "
-                                     "(always for fresh inits and epoch-0 checkpoints)"),
+        Option("batch_stats", None, "BN normalises with the batch's statistics (--batch-stats) or its running ones "
+                                    "(--running-stats); default: batch statistics at initialisation (fresh inits, "
+                                    "epoch-0 checkpoints, files whose running statistics were never updated), "
+                                    "running ones after training", type=Optional[bool],
+               flags=("--batch-stats/--running-stats",)),
         Option("bn_init", None, "BN init of fresh inits that have one (not nf_*): uniform (OpenLTH's default), "
                                 "fixed (gamma 1, as the paper), oneone, positivenegative", type=Optional[str]),
         Option("skip_init_gain", None, "skip gain of fresh nf_* inits (default 0, SkipInit; 1 shows the paper's SPPs)",
@@ -94,6 +97,10 @@ PASS_DATA: dict[str, dict | None] = {
     "partition": {"dataset": None, "limit": 256, "batch_size": 64},
 }
 """each pass's data defaults (None: reads no data; partition's dataset None: each checkpoint's own, else cifar10)"""
+
+SCORES_LABELS = ("sparsity", "ablate")
+"""the passes that score the model's predictions against the data's labels (accuracy, loss): the model's head
+must have one output per class of the dataset"""
 
 PASSES = tuple(PASS_OPTIONS)
 """every pass, in the order a study runs them"""

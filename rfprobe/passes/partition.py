@@ -23,7 +23,9 @@ regions, one per sign pattern of the ReLU inputs (docs/science.md section 2). Bu
 - `jitter_offset_std` `(layer, channel)`: with frozen weights, BN statistics recomputed on random
   mini-batches of size B (train mode; each batch drawn independently, without replacement within it, so
   the expected ratio to the prediction is sqrt((N - B) / (N - 1)) for a first layer); each unit's boundary offset (mu_b - beta sigma_b / gamma) / ||w||
-  along its normal, its std over batches, against `jitter_offset_predicted` = sigma / (sqrt(B) ||w||).
+  along its normal, its std over batches, against `jitter_offset_predicted` = sigma / (sqrt(B) ||w||); NaN
+  for a channel with gamma = 0 (its BN output is the constant beta: no boundary). `jitter_ratio`: per layer,
+  the median over its channels with a boundary of measured / predicted.
 - `slice_*`: the exact partition of a 2-D plane (the input plane for 2-D inputs, else the plane through
   three data points), its region count and a raster of region ids for drawing.
 
@@ -286,13 +288,17 @@ def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size
         gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
         beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
         mu, var = torch.stack(stats[i]).unbind(1)
-        offsets = (mu - beta * (var + bn.eps).sqrt() / gamma) / wnorms[i]
+        has_boundary = gamma != 0  # gamma 0: the BN's output is the constant beta, no boundary to move
+        offsets = (mu - beta * (var + bn.eps).sqrt() / gamma.where(has_boundary, 1)) / wnorms[i]
         c = offsets.shape[1]
-        measured[i, :c] = offsets.std(0).cpu().numpy()
-        predicted[i, :c] = ((bn.running_var + bn.eps).sqrt() / (math.sqrt(batch_size) * wnorms[i])).cpu().numpy()
+        measured[i, :c] = offsets.std(0).where(has_boundary, torch.nan).cpu().numpy()
+        predicted[i, :c] = ((bn.running_var + bn.eps).sqrt() / (math.sqrt(batch_size) * wnorms[i])).where(
+            has_boundary, torch.nan).cpu().numpy()
     ratio = np.full(len(tf.layers), np.nan)
     for i in tracked:
-        ratio[i] = np.median(measured[i, :tf.layers[i].shape[0]] / predicted[i, :tf.layers[i].shape[0]])
+        ratios = measured[i, :tf.layers[i].shape[0]] / predicted[i, :tf.layers[i].shape[0]]
+        ratios = ratios[np.isfinite(ratios)]
+        ratio[i] = np.median(ratios) if ratios.size else np.nan
     return {
         "jitter_offset_std": (("layer", "channel"), measured),
         "jitter_offset_predicted": (("layer", "channel"), predicted),
@@ -341,10 +347,17 @@ def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int
 # ---------------------------------------------------------------- the pass
 
 
-def check_options(segments_per_kind: int = 32, segment_kinds: Sequence[str] | str = SEGMENT_KINDS, radius: float = 1.0,
-                  max_breakpoints: int = 100_000, exact_points: int = 4, probes: int = 64, lc_points: int = 64,
-                  jitter_batches: int = 32, jitter_batch_size: int = 64, slice_resolution: int = 128,
-                  slice_max_regions: int = 2000, n_points: int | None = None) -> list[str]:
+_D = defaults(PASS_OPTIONS["partition"])
+"""the defaults of `run` and `check_options`: the CLI's, declared once in rfprobe.passes.PASS_OPTIONS, so a
+notebook's `run(model, data)` and `rfprobe partition` compute the same numbers"""
+
+
+def check_options(segments_per_kind: int = _D["segments"], segment_kinds: Sequence[str] | str = SEGMENT_KINDS,
+                  radius: float = _D["radius"], max_breakpoints: int = _D["max_breakpoints"],
+                  exact_points: int = _D["exact_points"], probes: int = _D["probes"], lc_points: int = _D["lc_points"],
+                  jitter_batches: int = _D["jitter_batches"], jitter_batch_size: int = _D["jitter_batch_size"],
+                  slice_resolution: int = _D["slice_resolution"], slice_max_regions: int = _D["slice_max_regions"],
+                  n_points: int | None = None) -> list[str]:
     """Refuse (one line) bad options before any work, also against the number of data points when known;
     returns the segment kinds (a list, or comma-separated text) in their canonical order."""
     if isinstance(segment_kinds, str):
@@ -368,12 +381,14 @@ def check_options(segments_per_kind: int = 32, segment_kinds: Sequence[str] | st
     return [k for k in SEGMENT_KINDS if k in segment_kinds]
 
 
-def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = 32,
-        segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = 1.0, max_breakpoints: int = 100_000,
-        exact_points: int = 4, probes: int = 64, lc_points: int = 64, jitter_batches: int = 32,
-        jitter_batch_size: int = 64, slice_plane: bool = True, slice_max_regions: int = 2000,
-        slice_resolution: int = 128, recalibrate: bool = False, batch_size: int = 64, device="cpu", seed: int = 0,
-        command: Sequence[str] | None = None) -> xr.Dataset:
+def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = _D["segments"],
+        segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = _D["radius"],
+        max_breakpoints: int = _D["max_breakpoints"], exact_points: int = _D["exact_points"],
+        probes: int = _D["probes"], lc_points: int = _D["lc_points"], jitter_batches: int = _D["jitter_batches"],
+        jitter_batch_size: int = _D["jitter_batch_size"], slice_plane: bool = _D["slice_plane"],
+        slice_max_regions: int = _D["slice_max_regions"], slice_resolution: int = _D["slice_resolution"],
+        recalibrate: bool = _D["recalibrate_bn"], batch_size: int = PASS_DATA["partition"]["batch_size"], device="cpu",
+        seed: int = _D["seed"], command: Sequence[str] | None = None) -> xr.Dataset:
     """All partition statistics of one model on `data` (module docstring); a count of 0 skips a statistic."""
     segment_kinds = check_options(segments_per_kind, segment_kinds, radius, max_breakpoints, exact_points, probes,
                                   lc_points, jitter_batches, jitter_batch_size, slice_resolution, slice_max_regions)

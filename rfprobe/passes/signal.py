@@ -300,10 +300,33 @@ def validate(options: dict) -> dict:
     return dict(options)
 
 
+def running_stats_untouched(model: nn.Module) -> bool:
+    """True when the model has BN layers and every one still holds its initial running statistics (mean 0,
+    var 1, no batches tracked): a network at initialisation, whatever file it came from."""
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats
+           and m.running_mean is not None]
+    return bool(bns) and all(
+        not bool(m.running_mean.any()) and bool((m.running_var == 1).all())
+        and (m.num_batches_tracked is None or int(m.num_batches_tracked) == 0) for m in bns)
+
+
+def at_init(checkpoint) -> bool:
+    """A checkpoint of a network at initialisation: its recorded (or given) epoch is 0, or it records no
+    epoch (a bare init file) and its BN running statistics were never updated (`running_stats_untouched`)."""
+    return checkpoint.epoch == 0 or checkpoint.epoch is None and running_stats_untouched(checkpoint.model)
+
+
+def uses_batch_stats(checkpoint, batch_stats: bool | None) -> bool:
+    """Whether BN normalises with the batch's statistics: as `batch_stats` says when given (--batch-stats /
+    --running-stats), else at initialisation (`at_init`: running statistics of an untrained net are its
+    init values, mean 0 and var 1, not statistics of anything; docs/science.md)."""
+    return bool(batch_stats) if batch_stats is not None else checkpoint is None or at_init(checkpoint)
+
+
 def run_checkpoint(checkpoint, data: Data | None = None, options: dict | None = None, *, device="cpu", command=None,
             **_) -> xr.Dataset:
     """`run` on one checkpoint: with `input_kind` data, `data` is the batch (`data_input`, normalised for this
-    checkpoint); else a Gaussian batch from `seed`. BN uses batch statistics at epoch 0 or with `batch_stats`."""
+    checkpoint); else a Gaussian batch from `seed`. BN statistics as `uses_batch_stats` says."""
     o = validate({**defaults(OPTIONS), **(options or {})})
     model = checkpoint.model
     if o["input_kind"] == "data":
@@ -312,6 +335,6 @@ def run_checkpoint(checkpoint, data: Data | None = None, options: dict | None = 
         x = data
     else:
         x = gaussian_input(model.rfprobe_input_shape, o["batch"], o["seed"]).to(device)
-    return run(model, x, batch_stats=o["batch_stats"] or checkpoint.epoch == 0, checkpoint=checkpoint,
+    return run(model, x, batch_stats=uses_batch_stats(checkpoint, o["batch_stats"]), checkpoint=checkpoint,
                input_kind=o["input_kind"], split=data.split if data is not None else "test", seed=o["seed"],
                command=command)
