@@ -286,14 +286,16 @@ class Request:
 
     def fingerprint(self, pass_name: str, device_kind: str, entry: Entry | None = None) -> str:
         """The JSON of what decides one pass's numbers on one checkpoint (its file is checked by sha256 beside
-        it): the pass, its options, the rfprobe version, how a bare file is loaded (arch, classes); for a data
-        pass the data's identity (dataset, split, the data folder, limit), its normalisation, batch size and
-        device kind. Not the command line."""
+        it): the pass, its options, the rfprobe version, how a bare file is loaded (arch, classes), what an
+        `[[input]]` table says of it (an epoch 0 changes signal's BN statistics, a mode every provenance);
+        for a data pass the data's identity (dataset, split, the data folder, limit), its normalisation, batch
+        size and device kind. Not the command line."""
         from rfprobe import __version__
 
         entry = entry or Entry(Path(""), "", "")
         decided = {"pass": pass_name, "options": self.options[pass_name], "rfprobe_version": __version__,
-                   "arch": entry.arch or self.arch, "num_classes": entry.num_classes or self.num_classes}
+                   "arch": entry.arch or self.arch, "num_classes": entry.num_classes or self.num_classes,
+                   "given": entry.given}
         if self.reads_data(pass_name):
             normalization = entry.given.get("normalization")
             decided.update(dataset=entry.given.get("dataset") or self.dataset, split=self.split,

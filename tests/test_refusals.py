@@ -150,6 +150,11 @@ def test_a_split_smaller_than_published_is_a_warning_and_an_error_with_strict(tm
     err = cli_error(main, ["sparsity", ckpt, "--dataset", "cifar10", "--data-root", root, "--strict",
                            "--out", tmp_path / "b.zarr"])
     assert "refused with --strict" in err and not (tmp_path / "b.zarr").exists()
+    from train.__main__ import main as train_main
+
+    err = cli_error(train_main, ["cifar_resnet_8_4", "--dataset", "cifar10", "--data-root", root, "--strict",
+                                 "--out", tmp_path / "run"])
+    assert "train split holds 20 examples" in err and not (tmp_path / "run" / "init.pt").exists()
 
 
 @pytest.mark.parametrize("epochs,milestones,first_rates", [
@@ -291,3 +296,13 @@ def test_a_damaged_store_is_one_line_naming_it(tmp_path, ckpt, cli_error):
     chunk.write_bytes(chunk.read_bytes()[:4])
     err = cli_error(main, ["plot", tmp_path / "d.zarr", "--out", tmp_path / "d.png"])
     assert "d.zarr: damaged store: n_dead/0.0.0 is damaged" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["compare", "x.pt", "--out", "s", "--jobs", "x"], "Invalid value for '--jobs'"),
+    (["dead"], "Missing argument 'checkpoints'"),
+    (["dead", "x.pt", "--nope"], "No such option: --nope"),
+])
+def test_usage_errors_are_one_line(cli_error, args, message):
+    err = cli_error(main, args)
+    assert message in err and "--help" in err

@@ -317,3 +317,18 @@ def test_signal_on_an_init_file_without_epoch_uses_batch_statistics(tmp_path):
     torch.save(trained.state_dict(), tmp_path / "trained.pth")
     ckpt = load_checkpoint(tmp_path / "trained.pth", arch="cifar_resnet_8_4")
     assert not signal.at_init(ckpt) and not signal.uses_batch_stats(ckpt, None) and signal.uses_batch_stats(ckpt, True)
+
+
+def test_an_inputs_normalization_is_how_its_data_passes_measure_it(tmp_path, capsys):
+    ckpt = checkpoint(tmp_path / "a.pt")
+    (tmp_path / "inputs.toml").write_text('[[input]]\npath = "a.pt"\nlabel = "own"\n\n'
+                                          '[[input]]\npath = "a.pt"\nlabel = "lth"\nnormalization = "imagenet"\n')
+    out = tmp_path / "s"
+    compare(["--inputs", tmp_path / "inputs.toml", "--passes", "sparsity", "--dataset", "synthetic",
+             "--sparsity-limit", "16", "--out", out], capsys)
+    sparsity = open_study(out).load()["sparsity"].to_dataset()
+    assert sparsity["normalization"].values.tolist() == ["synthetic", "imagenet"]
+    assert sparsity["normalization_mean"].values[1] == "0.485, 0.456, 0.406"
+    assert float(sparsity["pooled_zero_fraction"].sel(checkpoint="own")) != float(
+        sparsity["pooled_zero_fraction"].sel(checkpoint="lth"))
+    assert records(out)["lth"]["normalization"] == "imagenet" and ckpt.exists()

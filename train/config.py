@@ -55,6 +55,8 @@ class Config:
     out: str | None = option(None, "run directory (default runs/<arch>_<mode>_<dataset>_s<seed>)")
     limit: int | None = option(None, "train on the first N training examples", training=True)
     test_limit: int | None = option(None, "evaluate on the first N test examples")
+    strict: bool = option(False, "refuse a CIFAR split with fewer examples than published (default: a warning line)",
+                          cli="flag")
     epochs: int = option(RECIPE_EPOCHS, "epochs", training=True)
     batch_size: int = option(128, "global batch size (split over processes)", training=True)
     eval_batch_size: int = option(500, "batch size of evaluation")

@@ -54,8 +54,10 @@ def _say(ctx: distributed.Context, message: str) -> None:
 
 def _load_data(config: Config, ctx: distributed.Context):
     def load():
-        train = load_dataset(config.dataset, "train", root=config.data_root, download=config.download, limit=config.limit)
-        test = load_dataset(config.dataset, "test", root=config.data_root, download=config.download, limit=config.test_limit)
+        train = load_dataset(config.dataset, "train", root=config.data_root, download=config.download, limit=config.limit,
+                             strict=config.strict)
+        test = load_dataset(config.dataset, "test", root=config.data_root, download=config.download,
+                            limit=config.test_limit, strict=config.strict)
         return train, test
 
     if config.download and ctx.world > 1:  # one rank downloads, the others read what it wrote
