@@ -33,7 +33,6 @@ from rfprobe.errors import RfprobeError
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-ROLES = ("relu", "residual", "shortcut", "other")
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _WEIGHT_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.conv1d, torch.conv2d, torch.conv3d}

@@ -11,7 +11,7 @@ from rfprobe.cli import main
 from rfprobe.errors import RfprobeError
 from rfprobe.models import build_model
 from rfprobe.passes import dead
-from rfprobe.results import open_result, save_result
+from rfprobe.results import open_result, save_result, stack
 
 T = (1e-3, 1e-2, 5e-2, 0.1)
 
@@ -99,7 +99,7 @@ def test_stack_two_checkpoints_and_zarr_roundtrip(two_runs, tmp_path):
     from rfprobe.checkpoint import load_checkpoint
 
     ckpts = [load_checkpoint(p) for p in two_runs]
-    ds = dead.run_checkpoints(ckpts, [c.label for c in ckpts], thresholds=T)
+    ds = stack([dead.run_checkpoint(c, options={"threshold": list(T)}) for c in ckpts], [c.label for c in ckpts])
     assert list(ds["checkpoint"].values) == ["bn-run", "all-run"] and list(ds["mode"].values) == ["bn", "all"]
     alone = dead.run(ckpts[1].model, thresholds=T)
     xr.testing.assert_equal(ds["n_dead"].sel(checkpoint="all-run", drop=True), alone["n_dead"])

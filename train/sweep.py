@@ -80,7 +80,7 @@ def analyse(spec, runs: list[Run], out: Path, executor: str, jobs: int) -> list[
     """The [analysis] study over the finished runs (one task per checkpoint through the same executor), then
     out/study.zarr and out/report.html."""
     from rfprobe import report, study
-    from rfprobe.cli import study_request_from_config
+    from rfprobe.studyconfig import study_request_from_config
 
     request, o = study_request_from_config(spec.analysis, f"{spec.path} [analysis]")
     study.validate(request)
@@ -121,7 +121,7 @@ def sweep(
     runs = plan(spec, out)
     if spec.analysis is not None:
         from rfprobe import study
-        from rfprobe.cli import study_request_from_config
+        from rfprobe.studyconfig import study_request_from_config
 
         study.validate(study_request_from_config(spec.analysis, f"{spec.path} [analysis]")[0])
     if executor in ("submitit-local", "slurm") and not (dry_run or status):

@@ -27,7 +27,7 @@ from rfprobe.errors import RfprobeError
 from rfprobe.options import defaults
 from rfprobe.passes import GAMMA_THRESHOLDS, PASS_DATA, PASS_OPTIONS
 from rfprobe.passes.affine import AFFINE_DEFINITION, BNAffine, bn_affine, checkpoint_affine
-from rfprobe.results import provenance, stack
+from rfprobe.results import provenance
 
 DEFAULT_THRESHOLDS = GAMMA_THRESHOLDS
 POOLS = ("all", "no_shortcut", "relu")
@@ -88,14 +88,6 @@ def run(model: nn.Module, *, thresholds: Sequence[float] | None = None, checkpoi
                        pool_definition=POOL_DEFINITION, affine_definition=AFFINE_DEFINITION,
                        thresholds=", ".join(f"{x:g}" for x in t))
     return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-def run_checkpoints(checkpoints, labels: Sequence[str], *, thresholds: Sequence[float] | None = None,
-                    command=None) -> xr.Dataset:
-    """`run` for each loaded checkpoint, stacked on `checkpoint`."""
-    t = check_options(thresholds)
-    return stack([run(ckpt.model, thresholds=t, checkpoint=ckpt, command=command,
-                      affine=checkpoint_affine(ckpt, "rfprobe dead")) for ckpt in checkpoints], labels)
 
 
 def headline(ds: xr.Dataset) -> dict:
