@@ -5,6 +5,7 @@ the traceback instead. Shared by `rfprobe` and `python -m train`."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rfprobe.errors import RfprobeError
@@ -20,6 +21,7 @@ def _click_exceptions():
 
 
 def run_app(app, prog: str, argv: list[str] | None = None, interrupted: str = "interrupted") -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; a backend the user set is kept
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from reference_walk import plain_walk
-from rfprobe.dual import Program
+from rfprobe.geometry.dual import Program
 from rfprobe.geometry import Tangent, walk
 from rfprobe.models import build_model
 from test_geometry import check_walk_against_sampling, randomise_bn

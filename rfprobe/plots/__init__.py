@@ -1,24 +1,22 @@
-"""Figures drawn from result Datasets only (never from a model). One module per pass; shared helpers here."""
+"""Figures drawn from result Datasets only (never from a model). One module per pass; shared helpers here.
+Importing this picks no matplotlib backend (a notebook keeps its own); the command line uses Agg
+(rfprobe.entrypoint)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.figure
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-import matplotlib.figure  # noqa: E402
-
-from rfprobe.atomic import atomic_file  # noqa: E402
-from rfprobe.errors import RfprobeError  # noqa: E402
-from rfprobe.results import check_writable  # noqa: E402
+from rfprobe.atomic import atomic_file
+from rfprobe.errors import RfprobeError
+from rfprobe.results import check_writable
 
 
 FIGURE_FORMATS = matplotlib.figure.Figure().canvas.get_supported_filetypes()
-"""suffix (no dot) -> description, for every format matplotlib's Agg canvas writes"""
+"""suffix (no dot) -> description, for every format a figure's canvas writes"""
 
 
 def check_plot_path(path: str | os.PathLike, overwrite: bool) -> Path:

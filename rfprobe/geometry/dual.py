@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfprobe.errors import RfprobeError
+from rfprobe.geometry.evalbn import EvalBN
 
 
 @dataclass
@@ -233,7 +234,6 @@ class Program:
     """A `Tangent`'s graph as a list of steps (see the module docstring)."""
 
     def __init__(self, graph: fx.GraphModule, relu_nodes: list[str], input_shape, dtype, device):
-        from rfprobe.geometry import EvalBN
         modules = dict(graph.named_modules())
         layer_of = {name: i for i, name in enumerate(relu_nodes)}
         self.dtype, self.device = dtype, device

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from rfprobe.dual import Box
+from rfprobe.geometry.dual import Box
 
 INF = math.inf
 
