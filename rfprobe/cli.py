@@ -21,7 +21,8 @@ from rfprobe import __version__
 from rfprobe.errors import RfprobeError
 from rfprobe.loading import DataOptions, check_positive, each_checkpoint, load_one
 from rfprobe.options import Option, changed
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES, SCORES_LABELS
+from rfprobe.passes import REGISTRY
+from rfprobe.passes.base import Pass
 from rfprobe.studyconfig import (DATA_OPTIONS, LOAD_OPTIONS, OUTPUT_OPTIONS, SHARED, STUDY_OPTIONS,
                                  flatten_study_config, own_options, pass_data_options, read_toml, study_request)
 
@@ -52,9 +53,9 @@ CHECKPOINTS = inspect.Parameter("checkpoints", inspect.Parameter.POSITIONAL_OR_K
 ArchOpt, NumClassesOpt, JsonOpt = (annotated(SHARED[n]) for n in ("arch", "num_classes", "json_out"))
 
 
-def data_options_of(pass_name: str) -> tuple[Option, ...]:
-    """The data options a pass takes, with its own defaults (rfprobe.passes.PASS_DATA)."""
-    own = PASS_DATA[pass_name]
+def data_options_of(p: Pass) -> tuple[Option, ...]:
+    """The data options a pass takes, with its own defaults (`Pass.data`)."""
+    own = p.data
     if own is None:
         return ()
     taken = tuple(o for o in DATA_OPTIONS if o.name in own or o.name not in ("limit", "batch_size"))
@@ -62,22 +63,6 @@ def data_options_of(pass_name: str) -> tuple[Option, ...]:
     if own.get("dataset", "") is None:
         changes["dataset"]["help"] = SHARED["dataset"].help + " (default: the checkpoint's own, else cifar10)"
     return changed(taken, **changes)
-
-
-def pass_command(pass_name: str, argument: inspect.Parameter = CHECKPOINTS):
-    """Register `impl(o)` as the command `pass_name`: its parameters are the argument, the pass's own options,
-    its data options, the load and output options, all declared once; `o` holds their values by name."""
-    def register(impl):
-        def command(**values):
-            impl(SimpleNamespace(**values))
-
-        command.__signature__ = inspect.Signature(
-            [argument] + [parameter(o) for o in PASS_OPTIONS[pass_name] + data_options_of(pass_name)
-                          + LOAD_OPTIONS + OUTPUT_OPTIONS])
-        command.__doc__ = impl.__doc__
-        app.command(pass_name)(command)
-        return impl
-    return register
 
 
 def _version(value: bool) -> None:
@@ -243,6 +228,35 @@ def info(
 
 
 @app.command()
+def archs(
+    pattern: Annotated[Optional[str], typer.Argument(help="only families whose name or description contains this "
+                                                         "(case-insensitive), e.g. resnet")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The architecture families rfprobe builds (for --arch, the trainer and fresh inits), with example names."""
+    from rfprobe.models import architectures
+
+    found = [a for a in architectures()
+             if pattern is None or pattern.lower() in f"{a.example} {a.description}".lower()]
+    if not found:
+        raise RfprobeError(f"no architecture family matches {pattern!r}; `rfprobe archs` lists them all")
+    rows = [{"family": a.example, "description": a.description, "examples": list(a.names),
+             "build_options": list(a.options)} for a in found]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="architecture families (a name must match exactly one)")
+    for column in ("family", "examples", "build options", "description"):
+        table.add_column(column, overflow="fold", no_wrap=column == "family")
+    for row in rows:
+        table.add_row(row["family"], ", ".join(row["examples"]), ", ".join(row["build_options"]) or "-",
+                      row["description"])
+    console.print(table)
+    console.print("torchvision:<name> builds any model of torchvision.models.list_models() with its own init; "
+                  "--arch names the architecture of a bare state dict, e.g. --arch cifar_resnet_20", highlight=False)
+
+
+@app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint file (rfprobe .pt, or a bare state dict with --arch)")],
     out: Annotated[Path, typer.Argument(help="the .safetensors file to write")],
@@ -270,104 +284,11 @@ def export(
         console.print(f"left out (training state, not part of the model): {', '.join(left_out)}", highlight=False)
 
 
-# ---------------------------------------------------------------- the passes
+# ---------------------------------------------------------------- the passes: one command per registered pass
 
 
 def _outputs(o: SimpleNamespace) -> dict:
     return {"out": o.out, "plot": o.plot, "overwrite": o.overwrite, "json_out": o.json_out}
-
-
-@pass_command("affine")
-def affine(o: SimpleNamespace) -> None:
-    """Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries."""
-    from rfprobe.passes import affine as affine_pass
-
-    options = affine_pass.validate(own_options("affine", o))
-    labels = labels_for(o.checkpoints, o.label)
-    run_pass("affine", labels, lambda: affine_pass.run_checkpoints(
-        (load_one(p, o.arch, o.num_classes) for p in o.checkpoints), labels, bins=options["bins"], command=sys.argv),
-        files=o.checkpoints, **_outputs(o))
-
-
-@pass_command("dead")
-def dead(o: SimpleNamespace) -> None:
-    """Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN feeding a ReLU)."""
-    each_checkpoint_pass("dead", o)
-
-
-@pass_command("sparsity")
-def sparsity(o: SimpleNamespace) -> None:
-    """Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero channels), joined with small |gamma|."""
-    each_checkpoint_pass("sparsity", o)
-
-
-@pass_command("ablate")
-def ablate(o: SimpleNamespace) -> None:
-    """Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a pruning curve, re-enabling."""
-    each_checkpoint_pass("ablate", o)
-
-
-@pass_command("partition")
-def partition(o: SimpleNamespace) -> None:
-    """Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer
-    distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode)."""
-    each_checkpoint_pass("partition", o, description="partition")
-
-
-def each_checkpoint_pass(pass_name: str, o: SimpleNamespace, description: str = "") -> None:
-    """A pass run by its `run_checkpoint` on each checkpoint in turn: validate its options and the data
-    options, then the skeleton (`run_pass`)."""
-    import importlib
-
-    from rfprobe.data import resolve_device
-
-    module = importlib.import_module(f"rfprobe.passes.{pass_name}")
-    reads_data = PASS_DATA[pass_name] is not None
-    data_options = DataOptions.of(o) if reads_data else None
-    n_points = {"n_points": o.limit} if pass_name == "partition" else {}
-    options = module.validate(own_options(pass_name, o), **n_points)
-    dev = resolve_device(o.device) if reads_data else "cpu"
-    labels = labels_for(o.checkpoints, o.label)
-    run = {"command": sys.argv}
-    if reads_data:
-        run.update(batch_size=o.batch_size, device=dev, progress=not o.json_out)
-    if pass_name == "ablate":
-        run["load"] = lambda path: load_one(path, o.arch, o.num_classes, device=dev)
-    run_pass(pass_name, labels, lambda: measure_each(
-        o.checkpoints, labels, lambda c, data: module.run_checkpoint(c, data, options, **run),
-        arch=o.arch, num_classes=o.num_classes, device=dev, data_options=data_options,
-        description=description,
-        progress=reads_data and not o.json_out, scores_labels=pass_name in SCORES_LABELS),
-        files=o.checkpoints, **_outputs(o))
-
-
-# ---------------------------------------------------------------- signal (signal propagation plots)
-
-
-def _fresh_options(arg: str, given: dict) -> dict | None:
-    """The build options of `given` that the architecture `arg` takes; None when `arg` is an existing file
-    (a checkpoint); a one-line error when it is neither a file nor an architecture name."""
-    from rfprobe.models import architecture_options, architecture_patterns
-
-    if Path(arg).exists():
-        return None
-    try:
-        taken = architecture_options(arg)
-    except RfprobeError:
-        raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
-                           f"({'; '.join(architecture_patterns())})") from None
-    defaults = {"bn_init": "uniform"} if "bn_init" in taken else {}
-    return {**defaults, **{k: v for k, v in given.items() if k in taken}}
-
-
-def _signal_subject(arg: str, options: dict | None, arch, num_classes, device, seed: int):
-    """(checkpoint, model) of an existing file, or (None, a fresh init of the architecture `arg` from `seed`)."""
-    from rfprobe.models import build_model
-
-    if options is None:
-        ckpt = load_one(Path(arg), arch, num_classes, device=device)
-        return ckpt, ckpt.model
-    return None, build_model(arg, num_classes or 10, seed=seed, **options).to(device)
 
 
 MODELS = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
@@ -375,47 +296,51 @@ MODELS = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, an
                                    "file is a checkpoint), e.g. nf_resnet_110")])
 
 
-@pass_command("signal", argument=MODELS)
-def signal(o: SimpleNamespace) -> None:
-    """Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block."""
-    from rfprobe.checkpoint import label_of
+def measure_pass(p: Pass, o: SimpleNamespace) -> None:
+    """A pass's command: validate its options and the data options (before anything is loaded), then the
+    skeleton (`run_pass`) over each checkpoint in turn (`Pass.run`; the results `Pass.combine`d and stacked),
+    or over the pass's own arguments (`Pass.prepare_models`: signal's checkpoints and fresh inits)."""
     from rfprobe.data import resolve_device
-    from rfprobe.passes import signal as signal_pass
     from rfprobe.results import stack
 
-    options = signal_pass.validate(own_options("signal", o))
-    input_kind, batch, seed = options["input_kind"], options["batch"], options["seed"]
-    given = {k: options[k] for k in ("bn_init", "skip_init_gain") if options[k] is not None}
-    data_options = DataOptions.of(o)
-    if input_kind != "data" and data_options.override is not None:
-        raise RfprobeError("--normalization / --mean / --std apply to --input data (Gaussian input is not normalised)")
-    build_options = [_fresh_options(a, given) for a in o.models]
-    for name in given:
-        if not any(b is not None and name in b for b in build_options):
-            raise RfprobeError(f"--{name.replace('_', '-')} sets an option of fresh inits; no architecture argument "
-                               f"takes it (--bn-init: OpenLTH-style BN models; --skip-init-gain: nf_* models)")
-    dev = resolve_device(o.device)
-    labels = labels_for(o.models, o.label, defaults=[label_of(a) if Path(a).exists() else a for a in o.models],
-                        what="model")
+    data_options = DataOptions.of(o) if p.data is not None else None
+    options = p.validate(own_options(p, o), n_points=getattr(o, "limit", None))
+    dev = resolve_device(o.device) if p.data is not None else "cpu"
+    if p.prepare_models is not None:
+        defaults, measure = p.prepare_models(o.models, options, data_options)
+        labels = labels_for(o.models, o.label, defaults=defaults, what="model")
+        run_pass(p.name, labels, lambda: stack(measure(o.arch, o.num_classes, dev, sys.argv), labels), **_outputs(o))
+        return
+    labels = labels_for(o.checkpoints, o.label)
+    reads = p.needs_data(options)
+    run = {"command": sys.argv, "device": dev, "progress": not o.json_out,
+           "load": lambda path: load_one(path, o.arch, o.num_classes, device=dev),
+           **({"batch_size": o.batch_size} if reads else {})}
 
     def measure():
-        batch_data = (signal_pass.data_input(o.dataset, batch, seed, split=o.split, root=o.data_root,
-                                             download=o.download) if input_kind == "data" else None)
-        results = []
-        for arg, build in zip(o.models, build_options):
-            ckpt, model = _signal_subject(arg, build, o.arch, o.num_classes, dev, seed)
-            if batch_data is not None:
-                x = data_options.for_checkpoint(ckpt, batch_data)
-            else:
-                x = signal_pass.gaussian_input(model.rfprobe_input_shape, batch, seed).to(dev)
-            init = {} if ckpt is not None else {"init_seed": seed, "bn_init": build.get("bn_init", ""),
-                                                "skip_init_gain": build.get("skip_init_gain", "")}
-            results.append(signal_pass.run(model, x, batch_stats=signal_pass.uses_batch_stats(ckpt, options["batch_stats"]),
-                                           checkpoint=ckpt,
-                                           input_kind=input_kind, split=o.split, seed=seed, command=sys.argv, **init))
-        return stack(results, labels)
+        results = [p.run(c, data, options, **run) for c, data in each_checkpoint(
+            o.checkpoints, o.arch, o.num_classes, dev, data_options if reads else None, p.name,
+            progress=reads and not o.json_out, scores_labels=p.scores_labels)]
+        return stack(p.combine(results), labels)
 
-    run_pass("signal", labels, measure, **_outputs(o))
+    run_pass(p.name, labels, measure, files=o.checkpoints, **_outputs(o))
+
+
+def register_pass(p: Pass) -> None:
+    """The command `p.name`: its parameters are the argument (checkpoints, or for `prepare_models` passes
+    models), the pass's own options, its data options, the load and output options, all declared once."""
+    def command(**values):
+        measure_pass(p, SimpleNamespace(**values))
+
+    command.__signature__ = inspect.Signature(
+        [MODELS if p.prepare_models is not None else CHECKPOINTS]
+        + [parameter(o) for o in p.options + data_options_of(p) + LOAD_OPTIONS + OUTPUT_OPTIONS])
+    command.__doc__ = p.summary
+    app.command(p.name)(command)
+
+
+for _pass in REGISTRY.values():
+    register_pass(_pass)
 
 
 # ---------------------------------------------------------------- studies: compare, report, plot
@@ -428,8 +353,8 @@ INPUTS = inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, de
 def _compare_parameters() -> list[inspect.Parameter]:
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context), INPUTS]
     params += [parameter(o) for o in STUDY_OPTIONS]
-    for name in PASSES:
-        params += [parameter(o, prefix=name) for o in PASS_OPTIONS[name] + pass_data_options(name)]
+    for name, p in REGISTRY.items():
+        params += [parameter(o, prefix=name) for o in p.options + pass_data_options(p)]
     return params
 
 
@@ -558,7 +483,7 @@ def plot(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing figure files")] = False,
 ) -> None:
     """Draw a pass's figure again from a stored result (figures never need the model)."""
-    from rfprobe.plots import FIGURE_PASSES, check_plot_path, figure, save_figure
+    from rfprobe.plots import check_plot_path, figure, save_figure
     from rfprobe.results import open_result
     from rfprobe.study import as_result, open_study
 
@@ -575,7 +500,7 @@ def plot(
             folder = out or study_store.parent / "figures"
             if folder.exists() and not folder.is_dir():
                 raise RfprobeError(f"--out {folder} is a file; for a whole study give a directory (or --pass NAME)")
-            targets = {n: folder / f"{n}.png" for n in names if n in FIGURE_PASSES}
+            targets = {n: folder / f"{n}.png" for n in names if n in REGISTRY}
         for path in targets.values():
             check_plot_path(path, overwrite)
         for name, path in targets.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 from rfprobe.errors import RfprobeError
 
@@ -20,8 +21,26 @@ def _click_exceptions():
     return exceptions
 
 
+@contextmanager
+def _file_backend():
+    """matplotlib's Agg backend for the command (figures go to files; a MPLBACKEND the user set is kept), for
+    this process and the workers it starts; the variable is restored afterwards, so a caller in the same
+    process (a test, a notebook kernel it starts later) keeps its own."""
+    before = os.environ.get("MPLBACKEND")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MPLBACKEND", None)
+
+
 def run_app(app, prog: str, argv: list[str] | None = None, interrupted: str = "interrupted") -> None:
-    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; a backend the user set is kept
+    with _file_backend():
+        _run(app, prog, argv, interrupted)
+
+
+def _run(app, prog: str, argv: list[str] | None, interrupted: str) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:

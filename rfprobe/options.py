@@ -1,6 +1,7 @@
-"""Options declared once, as plain data: each pass module lists its own (`OPTIONS`), the CLI lists the shared
-ones; `rfprobe.cli` turns them into typer parameters (`rfprobe compare` prefixes a pass's with its name) and
-`--config FILE.toml` reads the same names. No typer here, so the passes stay importable without it."""
+"""Options declared once, as plain data: each pass module lists its own (`OPTIONS`, on its `Pass`),
+`rfprobe.studyconfig` the shared ones; `rfprobe.cli` turns them into typer parameters (`rfprobe compare`
+prefixes a pass's with its name) and `--config FILE.toml` reads the same names, type-checked here
+(`check_type`). No typer here, so the passes and studies stay importable without it."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES, SCORES_LABELS
+from rfprobe.passes import REGISTRY
 
 STUDY_COORDS = ("run", "mode", "arch", "depth", "width", "seed", "epoch", "dataset")
 """coordinates on `checkpoint` in every group of study.zarr: the network's depth and width (from the
@@ -213,18 +213,14 @@ def expand_all(inputs: Iterable[str], tables: list[tuple[Path, dict]] = (),
 
 
 def arch_shape(arch: str) -> tuple[int, int]:
-    """(depth, width) named by an architecture: cifar_resnet_N[_W] / nf_resnet_N[_W] / nf_he_resnet_N[_W] /
-    cifar_preact_resnet_N[_W] (width default 16), cifar_vgg_N (64), mlp_DxW; (-1, -1) when the name does not say."""
-    match = re.fullmatch(r"(?:cifar_preact_|cifar_|nf_he_|nf_)?resnet_(\d+)(?:_(\d+))?(?:_he)?", arch)
-    if match:
-        return int(match.group(1)), int(match.group(2) or 16)
-    match = re.fullmatch(r"cifar_vgg_(\d+)", arch)
-    if match:
-        return int(match.group(1)), 64
-    match = re.fullmatch(r"mlp_(\d+)x(\d+)(?:_nobn)?", arch)
-    if match:
-        return int(match.group(1)), int(match.group(2))
-    return -1, -1
+    """(depth, width) named by an architecture, as its family in the model registry defines them
+    (rfprobe.models.architecture_shape); (-1, -1) when the family or the name does not say."""
+    from rfprobe.models import architecture_shape
+
+    try:
+        return architecture_shape(arch)
+    except RfprobeError:
+        return -1, -1
 
 
 def apply_given(entry: Entry, ckpt) -> None:
@@ -259,7 +255,7 @@ def checkpoint_record(entry: Entry, ckpt) -> dict:
 
 @dataclass
 class Request:
-    """Everything that decides a study's stores: which passes, each pass's own options (PASS_OPTIONS names),
+    """Everything that decides a study's stores: which passes, each pass's own options (`Pass.options` names),
     the data options (dataset None = each checkpoint's own), and per data pass its limit and batch size."""
 
     passes: tuple[str, ...]
@@ -280,20 +276,20 @@ class Request:
     command: list[str] = field(default_factory=list)
 
     def reads_data(self, pass_name: str) -> bool:
-        """Whether the pass measures data (signal only with `input_kind` data)."""
-        return PASS_DATA[pass_name] is not None and (
-            pass_name != "signal" or self.options["signal"].get("input_kind") == "data")
+        """Whether the pass with this request's options measures data (`Pass.needs_data`)."""
+        return REGISTRY[pass_name].needs_data(self.options[pass_name])
 
     def fingerprint(self, pass_name: str, device_kind: str, entry: Entry | None = None) -> str:
         """The JSON of what decides one pass's numbers on one checkpoint (its file is checked by sha256 beside
-        it): the pass, its options, the rfprobe version, how a bare file is loaded (arch, classes), what an
+        it): the pass, its version and options, the rfprobe version, how a bare file is loaded (arch, classes), what an
         `[[input]]` table says of it (an epoch 0 changes signal's BN statistics, a mode every provenance);
         for a data pass the data's identity (dataset, split, the data folder, limit), its normalisation, batch
         size and device kind. Not the command line."""
         from rfprobe import __version__
 
         entry = entry or Entry(Path(""), "", "")
-        decided = {"pass": pass_name, "options": self.options[pass_name], "rfprobe_version": __version__,
+        decided = {"pass": pass_name, "pass_version": REGISTRY[pass_name].version,
+                   "options": self.options[pass_name], "rfprobe_version": __version__,
                    "arch": entry.arch or self.arch, "num_classes": entry.num_classes or self.num_classes,
                    "given": entry.given}
         if self.reads_data(pass_name):
@@ -309,19 +305,16 @@ class Request:
 
 def validate(request: Request) -> None:
     """Every option of the request checked (one line on a bad value) before anything is loaded."""
-    import importlib
-
     from rfprobe.loading import DataOptions, check_positive
     from rfprobe.data import resolve_device
 
-    unknown = [p for p in request.passes if p not in PASSES]
+    unknown = [p for p in request.passes if p not in REGISTRY]
     if unknown or not request.passes:
         raise RfprobeError(f"--passes: unknown pass(es) {', '.join(unknown) or '(none given)'}; choose from "
-                           f"{', '.join(PASSES)}")
+                           f"{', '.join(REGISTRY)}")
     for name in request.passes:
-        module = importlib.import_module(f"rfprobe.passes.{name}")
-        extra = {"n_points": request.limits.get(name)} if name == "partition" else {}
-        module.validate({o.name: request.options[name].get(o.name, o.default) for o in PASS_OPTIONS[name]}, **extra)
+        p = REGISTRY[name]
+        p.validate({**p.defaults(), **request.options[name]}, n_points=request.limits.get(name))
         check_positive(**{f"{name}_batch_size": request.batch_sizes.get(name), f"{name}_limit": request.limits.get(name)})
     DataOptions(request.dataset, request.split, request.data_root, request.download, None, request.normalization,
                 request.mean, request.std)
@@ -395,18 +388,16 @@ def _data_for(request: Request, pass_name: str, ckpt, entry: Entry | None = None
     options = DataOptions(dataset, request.split, request.data_root, request.download, request.limits.get(pass_name),
                           *norm, strict=request.strict)
     root = str(Path(request.data_root).resolve()) if request.data_root else None
-    if pass_name == "signal":
-        from rfprobe.passes.signal import data_input
-
-        o = request.options["signal"]
-        key = ("signal", dataset, request.split, root, o.get("batch", 256), o.get("seed", 0))
-        data = _DATA_CACHE.get(key, lambda: data_input(dataset, o.get("batch", 256), o.get("seed", 0),
-                                                       split=request.split, root=request.data_root,
-                                                       download=request.download))
+    p = REGISTRY[pass_name]
+    if p.data_input is not None:  # the pass draws its own sample (signal's one random batch)
+        o = {**p.defaults(), **request.options[pass_name]}
+        key = (pass_name, dataset, request.split, root, json.dumps(o, sort_keys=True, default=str))
+        data = _DATA_CACHE.get(key, lambda: p.data_input(dataset, o, split=request.split, root=request.data_root,
+                                                         download=request.download))
     else:
         key = (dataset, request.split, root, request.limits.get(pass_name))
         data = _DATA_CACHE.get(key, options.load)
-    if pass_name in SCORES_LABELS:
+    if p.scores_labels:
         from rfprobe.loading import check_head
 
         check_head(ckpt, data, explicit=bool(entry is not None and entry.num_classes or request.num_classes))
@@ -427,7 +418,6 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
     """Every pass of `request` on one checkpoint: a store per pass under `out/runs/<label>/`, reused only where
     `store_problem` finds none (else recomputed, with one line saying why); the model is loaded only if some
     pass must run or the record is out of date. Returns pass -> computed/skipped."""
-    import importlib
 
     import torch
 
@@ -460,14 +450,10 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
     with atomic_file(record_path) as tmp:
         tmp.write_text(json.dumps(checkpoint_record(entry, ckpt), indent=1, default=str) + "\n")
     for name in todo:
-        module = importlib.import_module(f"rfprobe.passes.{name}")
-        data = None
-        if request.reads_data(name):
-            data = _data_for(request, name, ckpt, entry)
-        ds = module.run_checkpoint(ckpt, data, request.options[name], batch_size=request.batch_sizes.get(name, 500),
-                                   device=device, command=request.command, progress=False,
-                                   **({"load": lambda p: load_one(p, arch, num_classes, device=device)}
-                                      if name == "ablate" else {}))
+        data = _data_for(request, name, ckpt, entry) if request.reads_data(name) else None
+        ds = REGISTRY[name].run(ckpt, data, request.options[name], batch_size=request.batch_sizes.get(name, 500),
+                                device=device, command=request.command, progress=False,
+                                load=lambda path: load_one(path, arch, num_classes, device=device))
         ds.attrs["study_fingerprint"] = request.fingerprint(name, device.type, entry)
         save_result(stack([ds], [entry.label]), store_path(out, entry.label, name), overwrite=True)
         status[name] = "computed"
@@ -569,7 +555,6 @@ def merge(out: Path, labels: list[str] | None = None, keep: bool = False) -> xr.
     file is now (`store_problem`); any other is left out with one line saying why."""
     from rfprobe.atomic import atomic_directory
     from rfprobe.loading import note
-    from rfprobe.passes.affine import rebin
     from rfprobe.results import ZARR_FORMAT, check_writable, open_result, stack
     from rfprobe.storecheck import write_manifest
 
@@ -591,7 +576,7 @@ def merge(out: Path, labels: list[str] | None = None, keep: bool = False) -> xr.
     shas: dict = {}
     extra_keys = list(dict.fromkeys(k for r in recs.values() for k in r.get("extra", {}) if k not in STUDY_COORDS))
     groups = {}
-    for name in PASSES:
+    for name, p in REGISTRY.items():
         have = []
         for label in recs:
             path = store_path(out, label, name)
@@ -607,9 +592,7 @@ def merge(out: Path, labels: list[str] | None = None, keep: bool = False) -> xr.
         if not have:
             continue
         results = [open_result(store_path(out, label, name)).isel(checkpoint=0, drop=True) for label in have]
-        if name == "affine":
-            results = rebin(results)
-        ds = stack(results, have)
+        ds = stack(p.combine(results), have)
         coords = {c: ("checkpoint", _coordinate([recs[label].get(c) for label in have])) for c in STUDY_COORDS}
         coords.update({k: ("checkpoint", _coordinate([recs[label].get("extra", {}).get(k) for label in have]))
                        for k in extra_keys})
@@ -668,36 +651,31 @@ def summary(tree: xr.DataTree) -> list[str]:
     finals = last_checkpoints(any_group)
     modes = {run: str(any_group["mode"].sel(checkpoint=label).values) for run, label in finals.items()}
     lines = [f"{any_group.sizes['checkpoint']} checkpoints of {len(finals)} runs "
-             f"({', '.join(f'{r}: {m}' for r, m in modes.items())}); passes {', '.join(n for n in PASSES if n in tree.children)}"]
+             f"({', '.join(f'{r}: {m}' for r, m in modes.items())}); passes {', '.join(n for n in REGISTRY if n in tree.children)}"]
 
     def by_mode(group: str, value) -> str | None:
-        """Per mode: sum of numerators / sum of denominators over the mode's runs (`value` gives both: a
-        fraction of channels pools the channels of all its runs, each channel weighing one; an accuracy is
-        (accuracy, 1), a plain mean over runs)."""
+        """Per mode: sum of numerators / sum of denominators over the mode's runs, from each run's headline
+        row (`value(row)` gives both: a fraction of channels pools the channels of all the runs, each
+        channel weighing one; an accuracy is (accuracy, 1), a plain mean over runs)."""
         if group not in tree.children:
             return None
-        ds = tree[group].to_dataset()
+        rows = REGISTRY[group].headline(tree[group].to_dataset().sel(checkpoint=list(finals.values())))
         per_mode: dict[str, list[tuple[float, float]]] = {}
         for run, label in finals.items():
-            per_mode.setdefault(modes[run], []).append(tuple(float(v) for v in value(ds.sel(checkpoint=label))))
+            per_mode.setdefault(modes[run], []).append(tuple(float(v) for v in value(rows[label])))
         return ", ".join(f"{m} {100 * sum(n for n, _ in v) / sum(d for _, d in v):.1f}%" for m, v in per_mode.items())
 
-    def channels(d):
-        n = d["n_channels"]
-        return n.where(n >= 0).sum()
-
     for text, group, value in (
-            ("accuracy", "sparsity", lambda d: (d["accuracy"], 1)),
+            ("accuracy", "sparsity", lambda row: (row["accuracy"], 1)),
             ("BN channels with |gamma| < 0.01, pooled over each mode's channels", "dead",
-             lambda d: (d["pooled_n_dead"].sel(pool="all", threshold=0.01), d["pooled_n_channels"].sel(pool="all"))
-             if 0.01 in d["threshold"].values else (np.nan, 1)),
-            ("dead ReLU channels, pooled", "sparsity", lambda d: (d["pooled_dead_count"], channels(d))),
+             lambda row: (row["all"]["dead_n"].get("0.01", np.nan), row["all"]["n_channels"])),
+            ("dead ReLU channels, pooled", "sparsity", lambda row: (row["dead"], row["channels"])),
             ("accuracy with the small-|gamma| channels pruned", "ablate",
-             lambda d: (d["accuracy"].sel(variant="pruned").mean("draw"), 1))):
+             lambda row: (row["variants"]["pruned"]["accuracy"], 1))):
         cells = by_mode(group, value)
         if cells is not None:
             lines.append(f"{text} (latest epoch): {cells}")
     if "ablate" in tree.children:
-        cells = by_mode("ablate", lambda d: (d["accuracy"].sel(variant="random").mean("draw"), 1))
+        cells = by_mode("ablate", lambda row: (row["variants"]["random"]["accuracy"], 1))
         lines[-1] += f"; as many random channels: {cells}"
     return lines[:5]

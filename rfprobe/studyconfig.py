@@ -12,7 +12,8 @@ from typing import Optional
 
 from rfprobe.errors import RfprobeError
 from rfprobe.options import Option, changed
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS, PASSES
+from rfprobe.passes import REGISTRY
+from rfprobe.passes.base import Pass
 
 DATA_OPTIONS = (
     Option("dataset", None, "cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs]", type=Optional[str]),
@@ -44,7 +45,7 @@ SHARED = {o.name: o for o in DATA_OPTIONS + LOAD_OPTIONS + OUTPUT_OPTIONS}
 
 STUDY_OPTIONS = (
     Option("out", None, "study directory: runs/<label>/<pass>.zarr per checkpoint and pass, study.zarr", type=Optional[Path]),
-    Option("passes", ",".join(PASSES), f"comma-separated passes to run ({', '.join(PASSES)}, or all)"),
+    Option("passes", "all", f"comma-separated passes to run ({', '.join(REGISTRY)}), or all"),
     Option("epochs", None, "for run directories: all, or comma-separated epochs (init.pt is 0, then epoch_XXX.pt "
                            "and final.pt) instead of final.pt alone", type=Optional[str]),
     Option("jobs", 1, "checkpoints measured in parallel worker processes (CPU threads split between them)"),
@@ -67,25 +68,25 @@ STUDY_OPTIONS = (
 """`rfprobe compare`'s own and shared options; each pass's options follow, prefixed with its name"""
 
 
-def pass_data_options(name: str) -> tuple[Option, ...]:
+def pass_data_options(p: Pass) -> tuple[Option, ...]:
     """`limit` / `batch_size` of a data pass in compare (prefixed with the pass; default: the pass's own)."""
-    own = PASS_DATA[name] or {}
-    return tuple(Option(key, None, f"{name}: {SHARED[key].help} (default {own[key]})", type=Optional[int])
+    own = p.data or {}
+    return tuple(Option(key, None, f"{p.name}: {SHARED[key].help} (default {own[key]})", type=Optional[int])
                  for key in ("limit", "batch_size") if key in own)
 
 
-def own_options(pass_name: str, o: SimpleNamespace, prefix: str = "") -> dict:
-    """The values of a pass's own options (PASS_OPTIONS) from a command's parsed values."""
+def own_options(p: Pass, o: SimpleNamespace, prefix: str = "") -> dict:
+    """The values of a pass's own options (`Pass.options`) from a command's parsed values."""
     key = f"{prefix}_" if prefix else ""
-    return {opt.name: getattr(o, key + opt.name) for opt in PASS_OPTIONS[pass_name]}
+    return {opt.name: getattr(o, key + opt.name) for opt in p.options}
 
 
 def compare_defaults() -> dict:
     """compare's values by parameter name when nothing is given: STUDY_OPTIONS' defaults, each pass's own
     options (prefixed with the pass) and its limit / batch size (None: the pass's own default)."""
     values = {o.name: o.default for o in STUDY_OPTIONS}
-    for name in PASSES:
-        values.update({f"{name}_{o.name}": o.default for o in PASS_OPTIONS[name] + pass_data_options(name)})
+    for p in REGISTRY.values():
+        values.update({f"{p.name}_{o.name}": o.default for o in p.options + pass_data_options(p)})
     return values
 
 
@@ -99,8 +100,8 @@ def flatten_study_config(settings: dict, where: str, inputs: bool = False) -> di
     flat = {}
     study = {o.name: o for o in STUDY_OPTIONS if o.name not in ("config", "inputs_file")}
     for key, value in settings.items():
-        if isinstance(value, dict) and key in PASSES:
-            known = {o.name: o for o in PASS_OPTIONS[key] + pass_data_options(key)}
+        if isinstance(value, dict) and key in REGISTRY:
+            known = {o.name: o for o in REGISTRY[key].options + pass_data_options(REGISTRY[key])}
             for sub, v in value.items():
                 if sub not in known:
                     raise RfprobeError(f"{where}: [{key}] has no option {sub!r}; it takes {', '.join(sorted(known))}")
@@ -144,11 +145,11 @@ def study_request(o: SimpleNamespace):
     """The study Request of compare's values by parameter name (`ablate_seeds`, `limit`, ...)."""
     from rfprobe.study import Request
 
-    passes = tuple(PASSES if o.passes.strip() == "all" else [p.strip() for p in o.passes.split(",") if p.strip()])
-    options = {name: own_options(name, o, prefix=name) for name in PASSES}
+    passes = tuple(REGISTRY if o.passes.strip() == "all" else [p.strip() for p in o.passes.split(",") if p.strip()])
+    options = {name: own_options(p, o, prefix=name) for name, p in REGISTRY.items()}
     limits, batch_sizes = {}, {}
-    for name in PASSES:
-        own = PASS_DATA[name] or {}
+    for name, p in REGISTRY.items():
+        own = p.data or {}
         if "limit" in own:
             given = getattr(o, f"{name}_limit")
             limits[name] = given if given is not None else (o.limit if o.limit is not None else own["limit"])

@@ -209,17 +209,16 @@ def test_the_fingerprint_changes_with_the_rfprobe_version_and_how_a_bare_file_is
 
 
 def test_partition_run_defaults_are_the_clis():
-    from rfprobe.passes import PASS_DATA, PASS_OPTIONS
-    from rfprobe.passes import partition
+    from rfprobe.passes import REGISTRY, partition
 
-    cli = {o.name: o.default for o in PASS_OPTIONS["partition"]}
+    cli = REGISTRY["partition"].defaults()
     names = {"segments": "segments_per_kind", "recalibrate_bn": "recalibrate"}
     params = inspect.signature(partition.run).parameters
     for name, default in cli.items():
         if name == "kinds":
             continue
         assert params[names.get(name, name)].default == default, name
-    assert params["batch_size"].default == PASS_DATA["partition"]["batch_size"]
+    assert params["batch_size"].default == REGISTRY["partition"].data["batch_size"]
 
 
 def test_stacking_keeps_every_checkpoints_differing_attrs():

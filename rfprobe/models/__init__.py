@@ -1,7 +1,9 @@
 """Model registry: every architecture is built from one string by `build_model`.
 
-Names: `cifar_resnet_N[_W]`, `cifar_vgg_{11,13,16,19}`, `mlp_DxW`, `torchvision:<name>`, plus whatever
-other modules add with `register`. Each built model carries `rfprobe_arch` (its name) and
+Names: `cifar_resnet_N[_W]`, `cifar_preact_resnet_N[_W]`, `cifar_vgg_{11,13,16,19}`, `mlp_DxW[_nobn]`,
+`nf_resnet_N[_W]`, `nf_he_resnet_N[_W]`, `torchvision:<name>` (`rfprobe archs` lists them), plus whatever
+other modules add with `register`; exactly one family's pattern may match a name, and each family says the
+(depth, width) its names give (`architecture_shape`). Each built model carries `rfprobe_arch` (its name) and
 `rfprobe_input_shape` (one example's shape) so passes can trace it with a dummy input.
 """
 
@@ -19,8 +21,15 @@ from rfprobe.errors import RfprobeError
 BN_INITS = ("uniform", "fixed", "oneone", "positivenegative")
 
 
+def _no_shape(m: re.Match) -> tuple[int, int]:
+    return -1, -1
+
+
 @dataclass(frozen=True)
 class Architecture:
+    """A family of architectures: the names it builds (`pattern`, shown as `example`), concrete `names` for
+    `rfprobe archs`, its build options and the input shape and (depth, width) a name gives."""
+
     pattern: str
     example: str
     description: str
@@ -28,21 +37,31 @@ class Architecture:
     input_shape: Callable[[re.Match, dict], tuple[int, ...]]
     options: tuple[str, ...]
     """the build options it takes (`bn_init` for the OpenLTH-initialised models); anything else is refused"""
+    shape: Callable[[re.Match], tuple[int, int]] = _no_shape
+    """(depth, width) the name gives: depth in layers as the family counts it, width of the first stage / layer"""
+    names: tuple[str, ...] = ()
+    """concrete names that build (listed by `rfprobe archs`, each checked by the tests)"""
 
 
 _REGISTRY: list[Architecture] = []
 
 
 def register(pattern: str, example: str, description: str, input_shape=lambda m, options: (3, 32, 32),
-             options: tuple[str, ...] = ("bn_init",)):
+             options: tuple[str, ...] = ("bn_init",), shape=_no_shape, names: tuple[str, ...] = ()):
     """Decorator: `build(match, num_classes, **options)` makes the architecture whose name fully matches
-    `pattern`; `options` names the build options it takes."""
+    `pattern`; `options` names the build options it takes, `shape(match)` its (depth, width)."""
 
     def wrap(build):
-        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape, tuple(options)))
+        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape, tuple(options), shape,
+                                      tuple(names)))
         return build
 
     return wrap
+
+
+def architectures() -> tuple[Architecture, ...]:
+    """Every registered family, in registration order."""
+    return tuple(_REGISTRY)
 
 
 def architecture_patterns() -> list[str]:
@@ -50,12 +69,23 @@ def architecture_patterns() -> list[str]:
 
 
 def _lookup(name: str) -> tuple[Architecture, re.Match]:
-    for arch in _REGISTRY:
-        match = re.fullmatch(arch.pattern, name)
-        if match:
-            return arch, match
+    """The one family whose pattern fully matches `name`. Two matching families would be a registry bug (one
+    would silently shadow the other), so that is an internal error, not a choice."""
+    found = [(arch, match) for arch in _REGISTRY if (match := re.fullmatch(arch.pattern, name))]
+    if len(found) > 1:
+        raise RuntimeError(f"architecture {name!r} matches several registered patterns: "
+                           f"{', '.join(a.pattern for a, _ in found)}")
+    if found:
+        return found[0]
     valid = "; ".join(architecture_patterns())
     raise RfprobeError(f"unknown architecture {name!r}; valid patterns: {valid}")
+
+
+def architecture_shape(name: str) -> tuple[int, int]:
+    """(depth, width) of the architecture `name` as its family defines them; (-1, -1) where the family does
+    not say (torchvision models). An unknown name is a one-line error."""
+    arch, match = _lookup(name)
+    return arch.shape(match)
 
 
 def init_openlth_(model: nn.Module, bn_init: str = "uniform") -> None:
@@ -119,7 +149,9 @@ def build_model(name: str, num_classes: int = 10, *, seed: int | None = None, **
 
 
 @register(r"cifar_resnet_(\d+)(?:_(\d+))?", "cifar_resnet_N[_W]",
-          "OpenLTH CIFAR ResNet, depth N=6n+2, first-stage width W (default 16)")
+          "OpenLTH CIFAR ResNet, depth N=6n+2, first-stage width W (default 16)",
+          shape=lambda m: (int(m.group(1)), int(m.group(2) or 16)),
+          names=("cifar_resnet_20", "cifar_resnet_56", "cifar_resnet_110", "cifar_resnet_14_64"))
 def _cifar_resnet(m, num_classes, bn_init="uniform"):
     from rfprobe.models.cifar_resnet import CifarResNet
 
@@ -128,7 +160,8 @@ def _cifar_resnet(m, num_classes, bn_init="uniform"):
     return model
 
 
-@register(r"cifar_vgg_(\d+)", "cifar_vgg_{11,13,16,19}", "OpenLTH CIFAR VGG with BatchNorm")
+@register(r"cifar_vgg_(\d+)", "cifar_vgg_{11,13,16,19}", "OpenLTH CIFAR VGG with BatchNorm",
+          shape=lambda m: (int(m.group(1)), 64), names=("cifar_vgg_11", "cifar_vgg_16"))
 def _cifar_vgg(m, num_classes, bn_init="uniform"):
     from rfprobe.models.cifar_vgg import CifarVGG
 
@@ -138,7 +171,8 @@ def _cifar_vgg(m, num_classes, bn_init="uniform"):
 
 
 @register(r"mlp_(\d+)x(\d+)", "mlp_DxW", "D hidden Linear-BN-ReLU layers of width W, 2-D input",
-          input_shape=lambda m, options: (options.get("in_features", 2),), options=("bn_init", "in_features"))
+          input_shape=lambda m, options: (options.get("in_features", 2),), options=("bn_init", "in_features"),
+          shape=lambda m: (int(m.group(1)), int(m.group(2))), names=("mlp_2x8", "mlp_3x64"))
 def _mlp(m, num_classes, bn_init="uniform", in_features=2):
     from rfprobe.models.mlp import MLP
 
@@ -148,7 +182,7 @@ def _mlp(m, num_classes, bn_init="uniform", in_features=2):
 
 
 @register(r"torchvision:(\w+)", "torchvision:<name>", "a torchvision ImageNet model, e.g. torchvision:resnet18",
-          input_shape=lambda m, options: (3, 224, 224), options=())
+          input_shape=lambda m, options: (3, 224, 224), options=(), names=("torchvision:resnet18",))
 def _torchvision(m, num_classes):
     import torchvision
 
@@ -167,20 +201,23 @@ def _nf_resnet(m, num_classes, *, standardize, skip_init_gain=0.0, dropout=0.0):
 
 @register(r"nf_resnet_(\d+)(?:_(\d+))?", "nf_resnet_N[_W]",
           "normalizer-free CIFAR ResNet: Scaled-WS convs, alpha 0.2, skip gain init 0 (options skip_init_gain, "
-          "dropout)", options=("skip_init_gain", "dropout"))
+          "dropout)", options=("skip_init_gain", "dropout"),
+          shape=lambda m: (int(m.group(1)), int(m.group(2) or 16)), names=("nf_resnet_20", "nf_resnet_110"))
 def _nf_resnet_ws(m, num_classes, **options):
     return _nf_resnet(m, num_classes, standardize=True, **options)
 
 
 @register(r"nf_he_resnet_(\d+)(?:_(\d+))?", "nf_he_resnet_N[_W]",
           "nf_resnet_N[_W] with plain He-init convs (no weight standardisation, ReLU gain 1)",
-          options=("skip_init_gain", "dropout"))
+          options=("skip_init_gain", "dropout"), shape=lambda m: (int(m.group(1)), int(m.group(2) or 16)),
+          names=("nf_he_resnet_110",))
 def _nf_resnet_he(m, num_classes, **options):
     return _nf_resnet(m, num_classes, standardize=False, **options)
 
 
 @register(r"cifar_preact_resnet_(\d+)(?:_(\d+))?", "cifar_preact_resnet_N[_W]",
-          "pre-activation (BN-ReLU-conv) CIFAR ResNet, cifar_resnet_N[_W] layout, OpenLTH init")
+          "pre-activation (BN-ReLU-conv) CIFAR ResNet, cifar_resnet_N[_W] layout, OpenLTH init",
+          shape=lambda m: (int(m.group(1)), int(m.group(2) or 16)), names=("cifar_preact_resnet_110",))
 def _cifar_preact_resnet(m, num_classes, bn_init="uniform"):
     from rfprobe.models.preact_resnet import PreActResNet
 
@@ -203,7 +240,7 @@ class _PlainHiddenLayer(nn.Module):
 @register(r"mlp_(\d+)x(\d+)_nobn", "mlp_DxW_nobn",
           "mlp_DxW without BN: Linear(with bias)-ReLU layers; kaiming-normal weights, PyTorch's default "
           "U(+-1/sqrt(fan_in)) biases", input_shape=lambda m, options: (options.get("in_features", 2),),
-          options=("in_features",))
+          options=("in_features",), shape=lambda m: (int(m.group(1)), int(m.group(2))), names=("mlp_2x8_nobn",))
 def _mlp_nobn(m, num_classes, in_features=2):
     from rfprobe.models.mlp import MLP
 

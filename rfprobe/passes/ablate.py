@@ -37,14 +37,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import xarray as xr
+from rich import box
+from rich.table import Table
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
-from rfprobe.options import defaults
-from rfprobe.passes import ABLATE_FRACTIONS, PASS_DATA, PASS_OPTIONS
+from rfprobe.options import Option, defaults
+from rfprobe.passes.base import ABLATE_FRACTIONS, Pass
 from rfprobe.progress import track
+from rfprobe.report_tables import pct
 from rfprobe.results import layer_coords, provenance
 from rfprobe.sites import BNSite, find_sites
+
+OPTIONS = (
+    Option("prune_below", 0.01, "prune channels with |gamma| below this"),
+    Option("keep_beta", False, "pruning sets gamma=0 but keeps beta (default: both 0)"),
+    Option("seeds", 3, "random-control draws (seeds 0..N-1)"),
+    Option("fractions", ",".join(f"{f:g}" for f in ABLATE_FRACTIONS),
+           "comma-separated fractions of eligible channels for the smallest-|gamma| curve ('' for none)"),
+    Option("reenable_pruned", False, "also restore gamma of the channels below --prune-below"),
+    Option("reenable_value", "init", "init (init.pt beside the checkpoint, else median), median (of the layer's "
+                                     "live |gamma|), one"),
+    Option("eligible", "all", "BNs whose channels may be pruned: all, no-shortcut, relu"),
+)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--ablate-*` flags, a config's [ablate] table"""
+
+DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
+"""data defaults (None: the pass reads only the model)"""
+
 
 ELIGIBLE = ("all", "no-shortcut", "relu")
 REENABLE_VALUES = ("init", "median", "one")
@@ -180,8 +200,13 @@ def parse_fractions(fractions) -> tuple[float, ...]:
     return fractions
 
 
-def check_options(prune_below: float = 0.01, seeds: int = 3, fractions=FRACTIONS, eligible: str = "all",
-                  reenable_value: str = "init") -> tuple[float, ...]:
+_D = defaults(OPTIONS)
+"""the defaults of `run` and `check_options`: the declared options' (the CLI's), so a notebook's call and the
+command line compute the same numbers"""
+
+
+def check_options(prune_below: float = _D["prune_below"], seeds: int = _D["seeds"], fractions=FRACTIONS,
+                  eligible: str = _D["eligible"], reenable_value: str = _D["reenable_value"]) -> tuple[float, ...]:
     """Refuse (one line) bad options before any work; returns the parsed curve fractions."""
     if not (np.isfinite(prune_below) and prune_below > 0):
         raise RfprobeError(f"--prune-below must be finite and > 0, got {prune_below:g}")
@@ -194,9 +219,11 @@ def check_options(prune_below: float = 0.01, seeds: int = 3, fractions=FRACTIONS
     return parse_fractions(fractions)
 
 
-def run(model: nn.Module, data: Data, *, prune_below: float = 0.01, keep_beta: bool = False, seeds: int = 3,
-        fractions=FRACTIONS, reenable: bool = False, reenable_value: str = "init", init_model: nn.Module | None = None,
-        eligible: str = "all", batch_size: int = 500, device: str | torch.device = "cpu", checkpoint=None,
+def run(model: nn.Module, data: Data, *, prune_below: float = _D["prune_below"], keep_beta: bool = _D["keep_beta"],
+        seeds: int = _D["seeds"], fractions=FRACTIONS, reenable: bool = _D["reenable_pruned"],
+        reenable_value: str = _D["reenable_value"], init_model: nn.Module | None = None,
+        eligible: str = _D["eligible"], batch_size: int = DATA["batch_size"], device: str | torch.device = "cpu",
+        checkpoint=None,
         init_checkpoint=None, command=None, progress: bool = False) -> xr.Dataset:
     """Accuracy and loss of `model` on `data` under every variant of the module docstring."""
     fractions = check_options(prune_below, seeds, fractions, eligible, reenable_value)
@@ -336,11 +363,9 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
     return out
 
 
-OPTIONS = PASS_OPTIONS["ablate"]
-DATA = PASS_DATA["ablate"]
 
 
-def validate(options: dict) -> dict:
+def validate(options: dict, n_points: int | None = None) -> dict:
     fractions = check_options(options["prune_below"], options["seeds"], options["fractions"], options["eligible"],
                               options["reenable_value"])
     return {**options, "fractions": fractions}
@@ -361,3 +386,60 @@ def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch
                fractions=o["fractions"], reenable=o["reenable_pruned"], reenable_value=o["reenable_value"],
                init_model=init.model if init else None, eligible=o["eligible"], batch_size=batch_size,
                device=device, checkpoint=checkpoint, init_checkpoint=init, command=command, progress=progress)
+
+
+# ---------------------------------------------------------------- presentation and the registry entry
+
+
+def tables(ds: xr.Dataset) -> list[Table]:
+    """Per checkpoint: every variant's accuracy and loss, then the pruning curve."""
+    out = []
+    prune_below, operation, eligible = (ds.attrs[k] for k in ("prune_below", "prune_operation", "eligible_bns"))
+    for label, s in headline(ds).items():
+        table = Table(title=f"{label}: {s['n_pruned']} of {s['n_eligible']} eligible channels have |gamma| < {prune_below:g} "
+                            f"({pct(s['pruned_fraction'])}; {operation}; BNs: {eligible})", box=box.SIMPLE_HEAD)
+        for column in ("variant", "channels", "accuracy", "loss"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for variant, v in s["variants"].items():
+            spread = f" ± {100 * v['accuracy_std']:.1f}" if v["n_seeds"] > 1 else ""
+            table.add_row(variant, str(v["n_changed"]), f"{pct(v['accuracy'])}{spread}", f"{v['loss']:.4f}")
+        out.append(table)
+        if s["curve"]:
+            curve = Table(title=f"{label}: pruning the smallest-|gamma| fraction vs random", box=box.SIMPLE_HEAD)
+            for column in ("fraction", "channels", "smallest", "random (mean)"):
+                curve.add_column(column, justify="right")
+            for point in s["curve"]:
+                curve.add_row(f"{point['fraction']:g}", str(point["n_pruned"]), pct(point["smallest"]), pct(point["random"]))
+            out.append(curve)
+    return out
+
+
+def key_numbers(row: dict) -> dict[str, tuple[float | None, str]]:
+    """One checkpoint's headline row as the study table's name -> (value, "pct" | "num"): each variant's
+    accuracy (mean over draws) and the pruned fraction."""
+    out = {f"accuracy {variant}": (v["accuracy"], "pct") for variant, v in row["variants"].items()}
+    out["pruned fraction"] = (row["pruned_fraction"], "pct")
+    return out
+
+
+def figure(ds: xr.Dataset):
+    """The pass's figure, from the Dataset alone (rfprobe.plots.ablate)."""
+    from rfprobe.plots.ablate import ablate_figure
+
+    return ablate_figure(ds)
+
+
+PASS = Pass(
+    name="ablate",
+    summary="Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a pruning curve, re-enabling.",
+    options=OPTIONS,
+    data=DATA,
+    run=run_checkpoint,
+    validate=validate,
+    headline=headline,
+    tables=tables,
+    figure=figure,
+    key_numbers=key_numbers,
+    json_attrs=("dataset", "split", "n_examples", "normalization", "prune_below", "prune_operation", "eligible_bns"),
+    scores_labels=True,
+)

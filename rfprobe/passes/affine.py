@@ -24,12 +24,21 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch.nn as nn
 import xarray as xr
+from rich.table import Table
 
 from rfprobe.errors import RfprobeError
-from rfprobe.options import defaults
-from rfprobe.passes import AFFINE_BINS, MAX_BINS, PASS_DATA, PASS_OPTIONS
+from rfprobe.options import Option, defaults
+from rfprobe.passes.base import AFFINE_BINS, MAX_BINS, Pass
+from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance, stack
 from rfprobe.sites import BN_TYPES, BNSite, find_sites
+
+OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--affine-*` flags, a config's [affine] table"""
+
+DATA = None
+"""data defaults (None: the pass reads only the model)"""
+
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 DEFAULT_BINS = AFFINE_BINS
@@ -202,11 +211,9 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
     return summary
 
 
-OPTIONS = PASS_OPTIONS["affine"]
-DATA = PASS_DATA["affine"]
 
 
-def validate(options: dict) -> dict:
+def validate(options: dict, n_points: int | None = None) -> dict:
     """`options` (OPTIONS' names) checked (one line on a bad value)."""
     return {**options, "bins": check_options(options["bins"])}
 
@@ -216,3 +223,46 @@ def run_checkpoint(checkpoint, data=None, options: dict | None = None, *, comman
     options = validate({**defaults(OPTIONS), **(options or {})})
     return run(None, bins=options["bins"], checkpoint=checkpoint, affine=checkpoint_affine(checkpoint, "rfprobe affine"),
                command=command)
+
+
+# ---------------------------------------------------------------- presentation and the registry entry
+
+
+def tables(ds: xr.Dataset) -> list[Table]:
+    """The CLI table: pooled gamma/beta summaries per checkpoint (from `headline`)."""
+    rows = [("BN layers", lambda s: str(s["n_layers"])), ("channels", lambda s: str(s["n_channels"])),
+            ("gamma mean", lambda s: f"{s['gamma_mean']:.4g}"), ("gamma std", lambda s: f"{s['gamma_std']:.4g}"),
+            ("gamma < 0", lambda s: pct(s["gamma_frac_negative"])),
+            *[(f"|gamma| q{k}", lambda s, k=k: f"{s['abs_gamma_quantiles'][k]:.3g}") for k in ("0", "0.05", "0.5", "0.95", "1")],
+            ("beta mean", lambda s: f"{s['beta_mean']:.4g}"), ("beta std", lambda s: f"{s['beta_std']:.4g}"),
+            ("beta < 0", lambda s: pct(s["beta_frac_negative"]))]
+    return [checkpoint_table("BatchNorm gamma / beta, pooled over all BN channels", headline(ds), rows)]
+
+
+def key_numbers(row: dict) -> dict[str, tuple[float | None, str]]:
+    """One checkpoint's headline row as the study table's name -> (value, "pct" | "num")."""
+    return {"gamma mean": (row["gamma_mean"], "num"), "|gamma| median": (row["abs_gamma_quantiles"]["0.5"], "num"),
+            "gamma < 0": (row["gamma_frac_negative"], "pct"), "beta mean": (row["beta_mean"], "num")}
+
+
+def figure(ds: xr.Dataset):
+    """The pass's figure, from the Dataset alone (rfprobe.plots.affine)."""
+    from rfprobe.plots.affine import affine_figure
+
+    return affine_figure(ds)
+
+
+PASS = Pass(
+    name="affine",
+    summary="Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries.",
+    options=OPTIONS,
+    data=DATA,
+    run=run_checkpoint,
+    validate=validate,
+    headline=headline,
+    tables=tables,
+    figure=figure,
+    key_numbers=key_numbers,
+    json_attrs=(),
+    combine=rebin,
+)

@@ -17,17 +17,26 @@ projection-shortcut BNs) and `relu` (only BNs that feed a ReLU): `pooled_n_chann
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch.nn as nn
 import xarray as xr
+from rich import box
+from rich.table import Table
 
 from rfprobe.errors import RfprobeError
-from rfprobe.options import defaults
-from rfprobe.passes import GAMMA_THRESHOLDS, PASS_DATA, PASS_OPTIONS
+from rfprobe.options import Option, defaults
+from rfprobe.passes.base import GAMMA_THRESHOLDS, THRESHOLD_HELP, Pass
 from rfprobe.passes.affine import AFFINE_DEFINITION, BNAffine, bn_affine, checkpoint_affine
 from rfprobe.results import provenance
+
+OPTIONS = (Option("threshold", None, THRESHOLD_HELP, type=Optional[list[float]]),)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--dead-*` flags, a config's [dead] table"""
+
+DATA = None
+"""data defaults (None: the pass reads only the model)"""
+
 
 DEFAULT_THRESHOLDS = GAMMA_THRESHOLDS
 POOLS = ("all", "no_shortcut", "relu")
@@ -106,11 +115,9 @@ def headline(ds: xr.Dataset) -> dict:
     return out
 
 
-OPTIONS = PASS_OPTIONS["dead"]
-DATA = PASS_DATA["dead"]
 
 
-def validate(options: dict) -> dict:
+def validate(options: dict, n_points: int | None = None) -> dict:
     return {**options, "threshold": check_options(options["threshold"])}
 
 
@@ -118,3 +125,69 @@ def run_checkpoint(checkpoint, data=None, options: dict | None = None, *, comman
     options = validate({**defaults(OPTIONS), **(options or {})})
     return run(checkpoint.model, thresholds=options["threshold"], checkpoint=checkpoint, command=command,
                affine=checkpoint_affine(checkpoint, "rfprobe dead"))
+
+
+# ---------------------------------------------------------------- presentation and the registry entry
+
+
+DEAD_POOLS = {"all": "all", "no_shortcut": "no shortcut", "relu": "relu"}
+
+
+def tables(ds: xr.Dataset) -> list[Table]:
+    """Per checkpoint: the pooled dead/off percentages (from the headline) and each layer's counts."""
+    summary = headline(ds)
+    thresholds = [f"{t:g}" for t in ds["threshold"].values]
+    out = []
+    for label, pools in summary.items():
+        one = ds.sel(checkpoint=label)
+        layers = one.isel(layer=np.flatnonzero(np.isfinite(np.asarray(one["n_channels"].values, float))))
+        table = Table(title=f"{label}: dead (|gamma| < t) / off (also beta <= 0, BN feeding a ReLU)",
+                      caption="cells dead/off: % of the pool's channels on pooled lines, channel counts on layer lines",
+                      box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+        table.add_column("layer", no_wrap=True)
+        table.add_column("role/pool", no_wrap=True)
+        table.add_column("ch", justify="right")
+        for t in thresholds:
+            table.add_column(f"t={t}", justify="right")
+        for pool, name in DEAD_POOLS.items():
+            p = pools[pool]
+            table.add_row("pooled", name, str(p["n_channels"]),
+                          *[f"{100 * p['dead_frac'][t]:.1f}/{100 * p['off_frac'][t]:.1f}" for t in thresholds],
+                          style="bold", end_section=pool == "relu")
+        for i in range(layers.sizes["layer"]):
+            row = layers.isel(layer=i)
+            table.add_row(str(row["layer"].values), str(row["role"].values), str(int(row["n_channels"])),
+                          *[f"{int(d)}/{int(o)}" for d, o in zip(row["n_dead"].values, row["n_off"].values)])
+        out.append(table)
+    return out
+
+
+def key_numbers(row: dict) -> dict[str, tuple[float | None, str]]:
+    """One checkpoint's headline row as the study table's name -> (value, "pct" | "num"): the dead and off
+    fractions of all BN channels pooled, at each threshold."""
+    pool = row["all"]
+    return {name.format(t=t): (pool[f"{kind}_frac"][t], "pct")
+            for kind, name in (("dead", "|gamma| < {t}"), ("off", "off (also beta <= 0) at {t}")) for t in pool[f"{kind}_frac"]}
+
+
+def figure(ds: xr.Dataset):
+    """The pass's figure, from the Dataset alone (rfprobe.plots.dead)."""
+    from rfprobe.plots.dead import dead_figure
+
+    return dead_figure(ds)
+
+
+PASS = Pass(
+    name="dead",
+    summary="Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN feeding a ReLU).",
+    options=OPTIONS,
+    data=DATA,
+    run=run_checkpoint,
+    validate=validate,
+    headline=headline,
+    tables=tables,
+    figure=figure,
+    key_numbers=key_numbers,
+    json_attrs=(),
+    json_extra=lambda ds: {"thresholds": [float(t) for t in ds["threshold"].values]},
+)

@@ -44,14 +44,43 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import xarray as xr
+from rich.table import Table
 
 from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS, SEGMENT_KINDS
-from rfprobe.options import defaults
+from rfprobe.passes.base import SEGMENT_KINDS, Pass
+from rfprobe.options import Option, defaults
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
+from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import layer_coords, provenance
 from rfprobe.sites import find_sites
+
+OPTIONS = (
+    Option("recalibrate_bn", False, "first set every BN's running mean/var to the exact statistics of the data "
+                                    "(on a copy)"),
+    Option("segments", 16, "segments walked per kind (train-train, point-noise, radius); 0 skips"),
+    Option("kinds", ",".join(SEGMENT_KINDS), "segment kinds to walk, comma-separated (train-train segments "
+                                             "through a CIFAR ResNet cross ~1e5 regions: slow on a CPU)"),
+    Option("radius", 1.0, "length of the random-direction segments, in normalised input units"),
+    Option("max_breakpoints", 100_000, "stop walking a segment after this many breakpoints (recorded in "
+                                       "segment_complete)"),
+    Option("exact_points", 2, "points with the exact nearest-boundary distance (forward mode along every input dimension); "
+                              "0 skips"),
+    Option("probes", 64, "Hutchinson directions per point for the distance on all points; 0 skips"),
+    Option("lc_points", 32, "points with the local complexity (40 vertices at radius 0.005); 0 skips"),
+    Option("jitter_batches", 16, "mini-batches for the BN jitter of boundary offsets; 0 skips"),
+    Option("jitter_batch_size", 16, "mini-batch size B of the jitter"),
+    Option("slice_plane", True, "exact 2-D slice (input plane for 2-D data, else the plane through 3 points)",
+           flags=("--slice/--no-slice",)),
+    Option("slice_max_regions", 2000, "stop enumerating the slice after this many regions"),
+    Option("slice_resolution", 128, "raster side of the drawn slice"),
+    Option("seed", 0, "seed of segments, probes, directions and batches"),
+)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--partition-*` flags, a config's [partition] table"""
+
+DATA = {"dataset": None, "limit": 256, "batch_size": 64}
+"""data defaults (None: the pass reads only the model)"""
+
 
 
 LC_RADIUS = 0.005
@@ -347,8 +376,8 @@ def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int
 # ---------------------------------------------------------------- the pass
 
 
-_D = defaults(PASS_OPTIONS["partition"])
-"""the defaults of `run` and `check_options`: the CLI's, declared once in rfprobe.passes.PASS_OPTIONS, so a
+_D = defaults(OPTIONS)
+"""the defaults of `run` and `check_options`: the CLI's, declared once in OPTIONS, so a
 notebook's `run(model, data)` and `rfprobe partition` compute the same numbers"""
 
 
@@ -387,7 +416,7 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
         probes: int = _D["probes"], lc_points: int = _D["lc_points"], jitter_batches: int = _D["jitter_batches"],
         jitter_batch_size: int = _D["jitter_batch_size"], slice_plane: bool = _D["slice_plane"],
         slice_max_regions: int = _D["slice_max_regions"], slice_resolution: int = _D["slice_resolution"],
-        recalibrate: bool = _D["recalibrate_bn"], batch_size: int = PASS_DATA["partition"]["batch_size"], device="cpu",
+        recalibrate: bool = _D["recalibrate_bn"], batch_size: int = DATA["batch_size"], device="cpu",
         seed: int = _D["seed"], command: Sequence[str] | None = None) -> xr.Dataset:
     """All partition statistics of one model on `data` (module docstring); a count of 0 skips a statistic."""
     segment_kinds = check_options(segments_per_kind, segment_kinds, radius, max_breakpoints, exact_points, probes,
@@ -459,8 +488,6 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
     return out
 
 
-OPTIONS = PASS_OPTIONS["partition"]
-DATA = PASS_DATA["partition"]
 
 
 def validate(options: dict, n_points: int | None = None) -> dict:
@@ -480,3 +507,44 @@ def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch
                jitter_batch_size=o["jitter_batch_size"], slice_plane=o["slice_plane"],
                slice_max_regions=o["slice_max_regions"], slice_resolution=o["slice_resolution"],
                recalibrate=o["recalibrate_bn"], batch_size=batch_size, device=device, seed=o["seed"], command=command)
+
+
+# ---------------------------------------------------------------- presentation and the registry entry
+
+
+def tables(ds: xr.Dataset) -> list[Table]:
+    """The CLI table: every headline number per checkpoint."""
+    summary = headline(ds)
+    recalibrated = ", BN recalibrated on them" if int(ds.attrs["recalibrate_bn"]) else ""
+    title = f"linear regions: {ds.attrs['dataset']} {ds.attrs['split']}, {ds.attrs['n_examples']} points{recalibrated}"
+    keys = dict.fromkeys(k for row in summary.values() for k in row)
+    return [checkpoint_table(title, summary, [(k.replace("_", " "), lambda s, k=k: cell(s.get(k))) for k in keys])]
+
+
+def key_numbers(row: dict) -> dict[str, tuple[float | None, str]]:
+    """One checkpoint's headline row as the study table's name -> (value, "num"): its numbers (not flags)."""
+    return {k.replace("_", " "): (float(v), "num") for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def figure(ds: xr.Dataset):
+    """The pass's figure, from the Dataset alone (rfprobe.plots.partition)."""
+    from rfprobe.plots.partition import partition_figure
+
+    return partition_figure(ds)
+
+
+PASS = Pass(
+    name="partition",
+    summary="Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode).",
+    options=OPTIONS,
+    data=DATA,
+    run=run_checkpoint,
+    validate=validate,
+    headline=headline,
+    tables=tables,
+    figure=figure,
+    key_numbers=key_numbers,
+    json_attrs=("dataset", "split", "n_examples", "normalization", "recalibrate_bn"),
+    json_extra=lambda ds: {"recalibrate_bn": bool(ds.attrs.get("recalibrate_bn"))},
+)

@@ -24,6 +24,8 @@ model's modes are restored afterwards, also when the pass raises.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import contextlib
 import operator
 from dataclasses import replace
@@ -34,13 +36,36 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import xarray as xr
+from rich.table import Table
 
 from rfprobe.data import Data, load_dataset, normalize
 from rfprobe.errors import RfprobeError
-from rfprobe.options import defaults
-from rfprobe.passes import PASS_DATA, PASS_OPTIONS
+from rfprobe.options import Option, defaults
+from rfprobe.passes.base import Pass
+from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import provenance
 from rfprobe.sites import BN_TYPES, AddSite, Sites, enclosing_module, find_sites
+
+OPTIONS = (
+    Option("input_kind", "gaussian", "gaussian (unit Gaussian noise) or data (a random batch of --dataset)",
+           flags=("--input",)),
+    Option("batch", 256, "examples in the one batch measured", flags=("--batch", "--batch-size")),
+    Option("seed", 0, "seed of the input batch and of fresh inits"),
+    Option("batch_stats", None, "BN normalises with the batch's statistics (--batch-stats) or its running ones "
+                                "(--running-stats); default: batch statistics at initialisation (fresh inits, "
+                                "epoch-0 checkpoints, files whose running statistics were never updated), "
+                                "running ones after training", type=Optional[bool],
+           flags=("--batch-stats/--running-stats",)),
+    Option("bn_init", None, "BN init of fresh inits that have one (not nf_*): uniform (OpenLTH's default), "
+                            "fixed (gamma 1, as the paper), oneone, positivenegative", type=Optional[str]),
+    Option("skip_init_gain", None, "skip gain of fresh nf_* inits (default 0, SkipInit; 1 shows the paper's SPPs)",
+           type=Optional[float]),
+)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--signal-*` flags, a config's [signal] table"""
+
+DATA = {"dataset": "synthetic"}
+"""data defaults (None: the pass reads only the model)"""
+
 
 INPUTS = ("gaussian", "data")
 DEFINITIONS = {
@@ -287,11 +312,9 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
     return out
 
 
-OPTIONS = PASS_OPTIONS["signal"]
-DATA = PASS_DATA["signal"]
 
 
-def validate(options: dict) -> dict:
+def validate(options: dict, n_points: int | None = None) -> dict:
     """`options` (OPTIONS' names) checked (one line on a bad value)."""
     from rfprobe.models import check_bn_init
 
@@ -338,3 +361,109 @@ def run_checkpoint(checkpoint, data: Data | None = None, options: dict | None = 
     return run(model, x, batch_stats=uses_batch_stats(checkpoint, o["batch_stats"]), checkpoint=checkpoint,
                input_kind=o["input_kind"], split=data.split if data is not None else "test", seed=o["seed"],
                command=command)
+
+
+# ---------------------------------------------------------------- the command: checkpoints and fresh inits
+
+
+def fresh_options(arg: str, given: dict) -> dict | None:
+    """The build options of `given` that the architecture `arg` takes; None when `arg` is an existing file
+    (a checkpoint); a one-line error when it is neither a file nor an architecture name."""
+    from rfprobe.models import architecture_options, architecture_patterns
+
+    if Path(arg).exists():
+        return None
+    try:
+        taken = architecture_options(arg)
+    except RfprobeError:
+        raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
+                           f"({'; '.join(architecture_patterns())})") from None
+    init_defaults = {"bn_init": "uniform"} if "bn_init" in taken else {}
+    return {**init_defaults, **{k: v for k, v in given.items() if k in taken}}
+
+
+def prepare_models(args: list[str], options: dict, data_options):
+    """`rfprobe signal ARG...`: each argument an existing checkpoint file or an architecture name (a fresh
+    init from `seed`, with `--bn-init` / `--skip-init-gain` where it takes them). Checks everything before
+    anything is loaded; returns (default labels, measure(arch, num_classes, device, command) -> Datasets)."""
+    from rfprobe.checkpoint import label_of
+    from rfprobe.loading import load_one
+    from rfprobe.models import build_model
+
+    input_kind, batch, seed = options["input_kind"], options["batch"], options["seed"]
+    given = {k: options[k] for k in ("bn_init", "skip_init_gain") if options[k] is not None}
+    if input_kind != "data" and data_options.override is not None:
+        raise RfprobeError("--normalization / --mean / --std apply to --input data (Gaussian input is not normalised)")
+    builds = [fresh_options(a, given) for a in args]
+    for name in given:
+        if not any(b is not None and name in b for b in builds):
+            raise RfprobeError(f"--{name.replace('_', '-')} sets an option of fresh inits; no architecture argument "
+                               f"takes it (--bn-init: OpenLTH-style BN models; --skip-init-gain: nf_* models)")
+    labels = [label_of(a) if Path(a).exists() else a for a in args]
+
+    def measure(arch, num_classes, device, command):
+        batch_data = (data_input(data_options.dataset, batch, seed, split=data_options.split, root=data_options.root,
+                                 download=data_options.download) if input_kind == "data" else None)
+        results = []
+        for arg, build in zip(args, builds):
+            if build is None:
+                ckpt = load_one(Path(arg), arch, num_classes, device=device)
+                model = ckpt.model
+            else:
+                ckpt, model = None, build_model(arg, num_classes or 10, seed=seed, **build).to(device)
+            if batch_data is not None:
+                x = data_options.for_checkpoint(ckpt, batch_data)
+            else:
+                x = gaussian_input(model.rfprobe_input_shape, batch, seed).to(device)
+            init = {} if ckpt is not None else {"init_seed": seed, "bn_init": build.get("bn_init", ""),
+                                                "skip_init_gain": build.get("skip_init_gain", "")}
+            results.append(run(model, x, batch_stats=uses_batch_stats(ckpt, options["batch_stats"]), checkpoint=ckpt,
+                               input_kind=input_kind, split=data_options.split, seed=seed, command=command, **init))
+        return results
+
+    return labels, measure
+
+
+# ---------------------------------------------------------------- presentation and the registry entry
+
+
+SIGNAL_ROWS = (("residual blocks", "blocks"), ("BN statistics", "bn_statistics"), ("variance: stem", "variance_stem"),
+               ("variance: last block", "variance_last"), ("variance: max", "variance_max"),
+               ("squared mean: max", "squared_mean_max"), ("residual variance: mean", "residual_variance_mean"),
+               ("expected variance: last", "expected_variance_last"))
+
+
+def tables(ds: xr.Dataset) -> list[Table]:
+    """The CLI table: the headline numbers of the signal propagation per checkpoint."""
+    title = f"signal propagation (block 0 = stem), {ds.attrs['input']} input, batch {ds.attrs['n_examples']}"
+    return [checkpoint_table(title, headline(ds), [(name, lambda s, k=key: cell(s[k])) for name, key in SIGNAL_ROWS])]
+
+
+def key_numbers(row: dict) -> dict[str, tuple[float | None, str]]:
+    """One checkpoint's headline row as the study table's name -> (value, "num")."""
+    return {name: (row[key], "num") for name, key in SIGNAL_ROWS if key not in ("blocks", "bn_statistics")}
+
+
+def figure(ds: xr.Dataset):
+    """The pass's figure, from the Dataset alone (rfprobe.plots.signal)."""
+    from rfprobe.plots.signal import signal_figure
+
+    return signal_figure(ds)
+
+
+PASS = Pass(
+    name="signal",
+    summary="Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block.",
+    options=OPTIONS,
+    data=DATA,
+    run=run_checkpoint,
+    validate=validate,
+    headline=headline,
+    tables=tables,
+    figure=figure,
+    key_numbers=key_numbers,
+    json_attrs=("input", "n_examples"),
+    reads_data=lambda options: options["input_kind"] == "data",
+    data_input=lambda dataset, options, **where: data_input(dataset, options["batch"], options["seed"], **where),
+    prepare_models=prepare_models,
+)

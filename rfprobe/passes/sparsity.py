@@ -21,6 +21,8 @@ For a site with C channels and P positions per channel (H*W, or 1 after a BatchN
 
 from __future__ import annotations
 
+from typing import Optional
+
 import logging
 from dataclasses import dataclass
 
@@ -29,14 +31,29 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import xarray as xr
+from rich.table import Table
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
-from rfprobe.options import defaults
-from rfprobe.passes import GAMMA_THRESHOLDS, MAX_BINS, PASS_DATA, PASS_OPTIONS
+from rfprobe.options import Option, defaults
+from rfprobe.passes.base import GAMMA_THRESHOLDS, MAX_BINS, THRESHOLD_HELP, Pass
 from rfprobe.progress import track
+from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance
 from rfprobe.sites import ReluSite, find_sites, trace
+
+OPTIONS = (
+    Option("threshold", None, THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
+           type=Optional[list[float]]),
+    Option("bins", 20, "bins of the per-example histogram on [0, 1]"),
+    Option("compile", False, "fuse each ReLU and its probe into one torch.compile kernel (a one-time compile of "
+                             "~15 s, 2-3 s once torch has cached it; pays off for long passes)"),
+)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--sparsity-*` flags, a config's [sparsity] table"""
+
+DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
+"""data defaults (None: the pass reads only the model)"""
+
 
 THRESHOLDS = GAMMA_THRESHOLDS
 DEFINITIONS = {
@@ -224,7 +241,12 @@ def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndar
     return gamma, beta
 
 
-def check_options(thresholds=THRESHOLDS, bins: int = 20) -> tuple[float, ...]:
+_D = defaults(OPTIONS)
+"""the defaults of `run` and `check_options`: the declared options' (the CLI's), so a notebook's call and the
+command line compute the same numbers"""
+
+
+def check_options(thresholds=THRESHOLDS, bins: int = _D["bins"]) -> tuple[float, ...]:
     """Refuse (one line) bad options before any work; returns the thresholds sorted and deduplicated."""
     if not 1 <= bins <= MAX_BINS:
         raise RfprobeError(f"--bins must be between 1 and {MAX_BINS}, got {bins}")
@@ -235,7 +257,7 @@ def check_options(thresholds=THRESHOLDS, bins: int = 20) -> tuple[float, ...]:
 
 
 def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | torch.device = "cpu",
-        thresholds=THRESHOLDS, bins: int = 20, compile: bool = False, checkpoint=None, command=None,
+        thresholds=THRESHOLDS, bins: int = _D["bins"], compile: bool = _D["compile"], checkpoint=None, command=None,
         progress: bool = False) -> xr.Dataset:
     """Activation sparsity of `model` over `data` (module docstring), joined with small-|gamma| counts.
 
@@ -369,17 +391,62 @@ def headline(ds: xr.Dataset) -> dict[str, dict]:
     return out
 
 
-OPTIONS = PASS_OPTIONS["sparsity"]
-DATA = PASS_DATA["sparsity"]
 
 
-def validate(options: dict) -> dict:
+def validate(options: dict, n_points: int | None = None) -> dict:
     return {**options, "threshold": check_options(options["threshold"], options["bins"])}
 
 
 def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch_size: int = 500, device="cpu",
-            command=None, progress: bool = False) -> xr.Dataset:
+            command=None, progress: bool = False, **_) -> xr.Dataset:
     options = validate({**defaults(OPTIONS), **(options or {})})
     return run(checkpoint.model, data, batch_size=batch_size, device=device, thresholds=options["threshold"],
                bins=options["bins"], compile=options["compile"], checkpoint=checkpoint, command=command,
                progress=progress)
+
+
+# ---------------------------------------------------------------- presentation and the registry entry
+
+
+def tables(ds: xr.Dataset) -> list[Table]:
+    """The CLI table: accuracy, zeros, dead channels and their join with small |gamma| (from `headline`)."""
+    summary = headline(ds)
+    rows = [("accuracy", lambda s: pct(s["accuracy"])),
+            ("ReLU outputs = 0", lambda s: pct(s["zero_fraction"])),
+            ("dead channels", lambda s: f"{s['dead']} / {s['channels']} ({pct(s['dead_fraction'])})"),
+            ("  of them at BN sites", lambda s: str(s["bn_dead"])),
+            *[(f"  dead & |gamma| < {t}", lambda s, t=t: f"{s['dead_small_gamma'][t]} / {s['small_gamma'][t]} small")
+              for t in next(iter(summary.values()))["small_gamma"]],
+            ("entirely-0 channels / example", lambda s: pct(s["example_zero_channel_fraction"]))]
+    title = f"activation sparsity: {ds.attrs['dataset']} {ds.attrs['split']}, {ds.attrs['n_examples']} examples"
+    return [checkpoint_table(title, summary, rows)]
+
+
+def key_numbers(row: dict) -> dict[str, tuple[float | None, str]]:
+    """One checkpoint's headline row as the study table's name -> (value, "pct" | "num")."""
+    return {"accuracy": (row["accuracy"], "pct"), "ReLU outputs = 0": (row["zero_fraction"], "pct"),
+            "dead channels": (row["dead_fraction"], "pct"),
+            "entirely-0 channels / example": (row["example_zero_channel_fraction"], "pct")}
+
+
+def figure(ds: xr.Dataset):
+    """The pass's figure, from the Dataset alone (rfprobe.plots.sparsity)."""
+    from rfprobe.plots.sparsity import sparsity_figure
+
+    return sparsity_figure(ds)
+
+
+PASS = Pass(
+    name="sparsity",
+    summary="Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero channels), joined with small |gamma|.",
+    options=OPTIONS,
+    data=DATA,
+    run=run_checkpoint,
+    validate=validate,
+    headline=headline,
+    tables=tables,
+    figure=figure,
+    key_numbers=key_numbers,
+    json_attrs=("dataset", "split", "n_examples", "normalization"),
+    scores_labels=True,
+)

@@ -49,15 +49,12 @@ def checkpoint_colors(labels) -> dict[str, tuple]:
     return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
-FIGURE_PASSES = ("affine", "dead", "sparsity", "ablate", "signal", "partition")
-"""the passes with a figure: each `rfprobe.plots.<pass>` module has `<pass>_figure(ds) -> Figure`"""
-
-
 def figure(ds):
-    """The figure of the pass that wrote `ds` (`ds.attrs["rfprobe_pass"]`), drawn from the Dataset alone."""
-    import importlib
+    """The figure of the pass that wrote `ds` (`ds.attrs["rfprobe_pass"]`, looked up in
+    rfprobe.passes.REGISTRY), drawn from the Dataset alone."""
+    from rfprobe.passes import REGISTRY
 
     name = ds.attrs.get("rfprobe_pass")
-    if name not in FIGURE_PASSES:
+    if name not in REGISTRY:
         raise RfprobeError(f"not an rfprobe result with a figure (its attrs name the pass {name!r})")
-    return getattr(importlib.import_module(f"rfprobe.plots.{name}"), f"{name}_figure")(ds)
+    return REGISTRY[name].figure(ds)
