@@ -23,7 +23,7 @@ import torch.fx as fx
 from rfprobe.data import resolve_device
 from rfprobe.models import build_model
 from rfprobe.passes import signal
-from rfprobe.sites import find_sites
+from rfprobe.graph import find_sites
 
 
 def timed(fn) -> float:

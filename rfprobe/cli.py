@@ -166,7 +166,7 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Architecture, mode, epoch, metrics, parameter counts by group and the BN layers with their roles."""
-    from rfprobe.sites import find_sites
+    from rfprobe.graph import find_sites
     from rfprobe.trainable import GROUPS, MODES, parameter_groups, select
 
     ckpt = load_one(checkpoint, arch, num_classes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,28 +60,56 @@ def check_head(checkpoint, data, explicit: bool) -> None:
                        f"or pass --num-classes {checkpoint.num_classes} to score it anyway")
 
 
+@dataclass(frozen=True)
 class DataOptions:
-    """The data options of a pass, validated at once (before anything is loaded); `load` reads the data.
-    `DataOptions.of(o)` takes them from a command's parsed values."""
+    """The data options, one typed value shared by the passes' commands, `rfprobe compare` (a study's
+    `Request.data`) and the passes: which dataset and split, where it lives, how many examples, the input
+    normalisation override (`normalization`, or `mean`/`std`; None: each checkpoint's own), and `strict`.
+    Validated when made, so a bad value is one line before anything is loaded; `load` reads the data,
+    `for_checkpoint` normalises it for one checkpoint. `DataOptions.of(o)` takes them from a command's values."""
+
+    dataset: str | None = None
+    split: str = "test"
+    root: str | None = None
+    download: bool = False
+    limit: int | None = None
+    normalization: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    strict: bool = False
 
     @classmethod
     def of(cls, o: SimpleNamespace) -> "DataOptions":
         check_positive(batch_size=getattr(o, "batch_size", None))
-        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean, o.std,
-                   strict=getattr(o, "strict", False))
+        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean,
+                   o.std, strict=getattr(o, "strict", False))
 
-    def __init__(self, dataset: str | None, split: str, data_root: Path | None, download: bool, limit: int | None,
-                 normalization: str | None, mean: str | None, std: str | None, *, strict: bool = False):
+    def __post_init__(self):
         from rfprobe.data import check_dataset_name, check_split
+
+        if self.root is not None:
+            object.__setattr__(self, "root", str(self.root))
+        if self.dataset is not None:
+            check_dataset_name(self.dataset)
+        check_split(self.split)
+        check_positive(limit=self.limit)
+        self.override  # noqa: B018  (validates the normalisation options)
+
+    @property
+    def override(self):
+        """The normalisation every checkpoint is measured with (rfprobe.normalization.Normalization), None:
+        each checkpoint's own."""
         from rfprobe.normalization import from_options
 
-        if dataset is not None:
-            check_dataset_name(dataset)
-        check_split(split)
-        check_positive(limit=limit)
-        self.dataset, self.split, self.root, self.download, self.limit = dataset, split, data_root, download, limit
-        self.strict = strict
-        self.override = from_options(normalization, mean, std)
+        return from_options(self.normalization, self.mean, self.std)
+
+    def resolved_root(self) -> str | None:
+        """The data folder as an absolute path (what identifies the data in a study's fingerprint)."""
+        return str(Path(self.root).expanduser().resolve()) if self.root else None
+
+    def with_(self, **changes) -> "DataOptions":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
 
     def load(self, dataset: str | None = None):
         from rfprobe.data import load_dataset

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from rfprobe.errors import RfprobeError
+from rfprobe.loading import DataOptions
 from rfprobe.passes import REGISTRY
 
 STUDY_COORDS = ("run", "mode", "arch", "depth", "width", "seed", "epoch", "dataset")
@@ -256,23 +257,17 @@ def checkpoint_record(entry: Entry, ckpt) -> dict:
 @dataclass
 class Request:
     """Everything that decides a study's stores: which passes, each pass's own options (`Pass.options` names),
-    the data options (dataset None = each checkpoint's own), and per data pass its limit and batch size."""
+    the data options (rfprobe.loading.DataOptions; dataset None = each checkpoint's own, limit per pass in
+    `limits`), and per data pass its limit and batch size."""
 
     passes: tuple[str, ...]
     options: dict[str, dict]
-    dataset: str | None = None
-    split: str = "test"
-    data_root: str | None = None
-    download: bool = False
-    normalization: str | None = None
-    mean: str | None = None
-    std: str | None = None
+    data: DataOptions = field(default_factory=DataOptions)
     limits: dict[str, int | None] = field(default_factory=dict)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     device: str = "auto"
     arch: str | None = None
     num_classes: int | None = None
-    strict: bool = False
     command: list[str] = field(default_factory=list)
 
     def reads_data(self, pass_name: str) -> bool:
@@ -294,10 +289,10 @@ class Request:
                    "given": entry.given}
         if self.reads_data(pass_name):
             normalization = entry.given.get("normalization")
-            decided.update(dataset=entry.given.get("dataset") or self.dataset, split=self.split,
-                           data_root=str(Path(self.data_root).resolve()) if self.data_root else None,
-                           normalization=normalization or self.normalization,
-                           mean=None if normalization else self.mean, std=None if normalization else self.std,
+            data = self.data
+            decided.update(dataset=entry.given.get("dataset") or data.dataset, split=data.split,
+                           data_root=data.resolved_root(), normalization=normalization or data.normalization,
+                           mean=None if normalization else data.mean, std=None if normalization else data.std,
                            limit=self.limits.get(pass_name), batch_size=self.batch_sizes.get(pass_name),
                            device=device_kind)
         return json.dumps(decided, sort_keys=True, default=str)
@@ -305,7 +300,7 @@ class Request:
 
 def validate(request: Request) -> None:
     """Every option of the request checked (one line on a bad value) before anything is loaded."""
-    from rfprobe.loading import DataOptions, check_positive
+    from rfprobe.loading import check_positive
     from rfprobe.data import resolve_device
 
     unknown = [p for p in request.passes if p not in REGISTRY]
@@ -316,8 +311,6 @@ def validate(request: Request) -> None:
         p = REGISTRY[name]
         p.validate({**p.defaults(), **request.options[name]}, n_points=request.limits.get(name))
         check_positive(**{f"{name}_batch_size": request.batch_sizes.get(name), f"{name}_limit": request.limits.get(name)})
-    DataOptions(request.dataset, request.split, request.data_root, request.download, None, request.normalization,
-                request.mean, request.std)
     resolve_device(request.device)
 
 
@@ -379,23 +372,22 @@ _DATA_CACHE = _DataCache()
 def _data_for(request: Request, pass_name: str, ckpt, entry: Entry | None = None):
     """The data a pass measures `ckpt` on, normalised for it (the entry's own dataset and normalisation
     where its `[[input]]` table gives them); loaded once per process and dataset (`_DataCache`)."""
-    from rfprobe.loading import DataOptions, default_dataset
+    from rfprobe.loading import default_dataset
 
     given = entry.given if entry is not None else {}
-    dataset = given.get("dataset") or request.dataset or default_dataset(ckpt)
-    norm = (given["normalization"], None, None) if given.get("normalization") else (
-        request.normalization, request.mean, request.std)
-    options = DataOptions(dataset, request.split, request.data_root, request.download, request.limits.get(pass_name),
-                          *norm, strict=request.strict)
-    root = str(Path(request.data_root).resolve()) if request.data_root else None
+    options = request.data.with_(dataset=given.get("dataset") or request.data.dataset or default_dataset(ckpt),
+                                 limit=request.limits.get(pass_name))
+    if given.get("normalization"):
+        options = options.with_(normalization=given["normalization"], mean=None, std=None)
+    dataset, root = options.dataset, options.resolved_root()
     p = REGISTRY[pass_name]
     if p.data_input is not None:  # the pass draws its own sample (signal's one random batch)
         o = {**p.defaults(), **request.options[pass_name]}
-        key = (pass_name, dataset, request.split, root, json.dumps(o, sort_keys=True, default=str))
-        data = _DATA_CACHE.get(key, lambda: p.data_input(dataset, o, split=request.split, root=request.data_root,
-                                                         download=request.download))
+        key = (pass_name, dataset, options.split, root, json.dumps(o, sort_keys=True, default=str))
+        data = _DATA_CACHE.get(key, lambda: p.data_input(dataset, o, split=options.split, root=options.root,
+                                                         download=options.download))
     else:
-        key = (dataset, request.split, root, request.limits.get(pass_name))
+        key = (dataset, options.split, root, options.limit)
         data = _DATA_CACHE.get(key, options.load)
     if p.scores_labels:
         from rfprobe.loading import check_head

@@ -143,6 +143,7 @@ def study_request_from_config(settings: dict, where: str):
 
 def study_request(o: SimpleNamespace):
     """The study Request of compare's values by parameter name (`ablate_seeds`, `limit`, ...)."""
+    from rfprobe.loading import DataOptions
     from rfprobe.study import Request
 
     passes = tuple(REGISTRY if o.passes.strip() == "all" else [p.strip() for p in o.passes.split(",") if p.strip()])
@@ -156,7 +157,6 @@ def study_request(o: SimpleNamespace):
         if "batch_size" in own:
             given = getattr(o, f"{name}_batch_size")
             batch_sizes[name] = given if given is not None else own["batch_size"]
-    return Request(passes=passes, options=options, dataset=o.dataset, split=o.split,
-                   data_root=str(o.data_root) if o.data_root else None, download=o.download,
-                   normalization=o.normalization, mean=o.mean, std=o.std, limits=limits, batch_sizes=batch_sizes,
-                   device=o.device, arch=o.arch, num_classes=o.num_classes, strict=o.strict, command=list(sys.argv))
+    return Request(passes=passes, options=options, data=DataOptions.of(SimpleNamespace(**{**vars(o), "limit": None})),
+                   limits=limits, batch_sizes=batch_sizes, device=o.device, arch=o.arch, num_classes=o.num_classes,
+                   command=list(sys.argv))

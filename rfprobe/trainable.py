@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from rfprobe.errors import RfprobeError
-from rfprobe.sites import BN_TYPES, WEIGHT_TYPES, Sites, find_sites
+from rfprobe.graph import BN_TYPES, WEIGHT_TYPES, Sites, find_sites
 
 MODES = ("all", "bn", "bn+output", "output", "none", "gamma", "beta", "random")
 ALSO = ("shortcut", "output")

@@ -13,7 +13,7 @@ from rfprobe.errors import RfprobeError
 from rfprobe.models import build_model
 from rfprobe.passes import ablate
 from rfprobe.results import open_result
-from rfprobe.sites import find_sites
+from rfprobe.graph import find_sites
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -65,3 +65,13 @@ def test_importing_the_figures_keeps_the_callers_backend():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "svg"
+
+
+def test_the_lower_layers_do_not_import_the_upper_ones():
+    upper = ("rfprobe.passes", "rfprobe.study", "rfprobe.studyconfig", "rfprobe.report", "rfprobe.report_tables",
+             "rfprobe.cli", "rfprobe.plots", "train")
+    lower = [p for folder in ("graph", "geometry") for p in (REPO / "rfprobe" / folder).glob("*.py")]
+    lower += [REPO / "rfprobe" / f"{name}.py" for name in ("checkpoint", "data", "normalization", "results", "atomic",
+                                                            "storecheck", "options", "errors")]
+    offenders = {module_name(p): sorted(m for m in imports_of(p) if m.startswith(upper)) for p in lower}
+    assert {k: v for k, v in offenders.items() if v} == {}

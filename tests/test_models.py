@@ -4,7 +4,7 @@ import torch
 
 from rfprobe.errors import RfprobeError
 from rfprobe.models import build_model
-from rfprobe.sites import BN_TYPES
+from rfprobe.graph import BN_TYPES
 
 # BN-parameter counts and totals from docs/science.md (the BN-only paper, OpenLTH option-B shortcuts).
 BN_COUNTS = {14: 1120, 32: 2464, 56: 4256, 110: 8288, 218: 16352, 434: 32480, 866: 64736}

@@ -10,7 +10,7 @@ from rfprobe.checkpoint import load_checkpoint, save_checkpoint
 from rfprobe.errors import RfprobeError
 from rfprobe.models import build_model
 from rfprobe.models.nf_resnet import GAMMA_RELU, NFBlock, ScaledStdConv2d
-from rfprobe.sites import find_sites
+from rfprobe.graph import find_sites
 from rfprobe.trainable import select
 
 

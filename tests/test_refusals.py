@@ -5,7 +5,6 @@ schedules; and the review's defects, each checked against an independent fact.""
 import inspect
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -171,7 +170,7 @@ def test_short_schedules_start_at_the_base_rate_and_are_stated(tmp_path, epochs,
     assert [config.lr_at(e) for e in range(len(first_rates))] == pytest.approx(first_rates)
     assert config.lr_at(0) == config.lr
     assert f"milestones = [{', '.join(map(str, milestones))}]" in to_toml(config)
-    assert config.schedule().startswith(f"lr 0.1 for epoch") and "# schedule: lr 0.1" in to_toml(config)
+    assert config.schedule().startswith("lr 0.1 for epoch") and "# schedule: lr 0.1" in to_toml(config)
 
 
 def test_the_trainers_first_line_states_the_schedule(tmp_path, capsys):
@@ -252,6 +251,7 @@ def test_jitter_of_a_layer_with_a_zero_gamma_channel_stays_finite():
 def test_the_study_data_cache_is_bounded_and_keyed_by_the_data_folder(monkeypatch):
     from rfprobe import study
     from rfprobe.checkpoint import Checkpoint
+    from rfprobe.loading import DataOptions
 
     loads = []
     monkeypatch.setattr(study, "_DATA_CACHE", study._DataCache())
@@ -261,8 +261,8 @@ def test_the_study_data_cache_is_bounded_and_keyed_by_the_data_folder(monkeypatc
     ckpt = Checkpoint(path=__import__("pathlib").Path("x.pt"), sha256="0", arch="cifar_resnet_8_4", num_classes=10,
                       model=model, dataset="synthetic")
     for root in ("/data/a", "/data/b", "/data/a", "/data/c", "/data/d", "/data/a"):
-        request = study.Request(passes=("sparsity",), options={"sparsity": {}}, dataset="synthetic", data_root=root,
-                                limits={"sparsity": 4})
+        request = study.Request(passes=("sparsity",), options={"sparsity": {}},
+                                data=DataOptions(dataset="synthetic", root=root), limits={"sparsity": 4})
         study._data_for(request, "sparsity", ckpt)
     assert loads == ["/data/a", "/data/b", "/data/c", "/data/d", "/data/a"]  # a kept while recent, then evicted
     assert len(study._DATA_CACHE.items) == study._DataCache.SIZE
@@ -271,7 +271,7 @@ def test_the_study_data_cache_is_bounded_and_keyed_by_the_data_folder(monkeypatc
 def test_an_internal_bug_while_tracing_is_not_reported_as_bad_input(monkeypatch):
     import torch.fx as fx
 
-    from rfprobe import sites
+    from rfprobe.graph import sites
 
     def broken(model):
         raise ZeroDivisionError("a bug inside rfprobe")

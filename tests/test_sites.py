@@ -1,7 +1,7 @@
 import pytest
 
 from rfprobe.models import build_model
-from rfprobe.sites import find_sites
+from rfprobe.graph import find_sites
 
 
 def test_resnet14_roles_stages_blocks():

@@ -203,7 +203,7 @@ def test_torchvision_reused_inplace_relu_matches_interpreter():
     Reference: torch.fx.Interpreter over the untouched trace, cloning each ReLU node's output."""
     import torch.fx as fx
 
-    from rfprobe.sites import find_sites
+    from rfprobe.graph import find_sites
 
     model = build_model("torchvision:resnet18", seed=0).eval()
     data = load_dataset("synthetic", "test", n=6)
@@ -283,7 +283,7 @@ class InPlaceShared(torch.nn.Module):
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_probes_keep_an_in_place_relu_that_others_read(images):
-    from rfprobe.sites import find_sites
+    from rfprobe.graph import find_sites
     model = InPlaceShared().eval()
     x = next(batches(images, 16))[0]
     with torch.inference_mode():

@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 
 from rfprobe.checkpoint import load_checkpoint
 from rfprobe.models import build_model
-from rfprobe.sites import BN_TYPES
+from rfprobe.graph import BN_TYPES
 from rfprobe.trainable import apply, select
 from train import Config, train
 from train.__main__ import main

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from rfprobe.data import resolve_device
 from rfprobe.errors import RfprobeError
-from rfprobe.sites import BN_TYPES
+from rfprobe.graph import BN_TYPES
 
 
 @dataclass(frozen=True)

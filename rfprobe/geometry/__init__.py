@@ -5,7 +5,7 @@ Modules, each importing only those before it (no cycle): `evalbn` (BN as a fixed
 `regionwalk` (the incremental walk of one segment), `walk`, `distances`, `slices`.
 
 `Tangent(model)` is a float64, eval-mode copy of a model (BN is then a fixed affine map) whose forward
-returns, besides the logits, the pre-activation z of every ReLU site (keyed like `rfprobe.sites`) and the
+returns, besides the logits, the pre-activation z of every ReLU site (keyed like `rfprobe.graph`) and the
 input of the conv/linear layer that feeds it. `Tangent.jvp(x, v)` gives z(x) and its directional
 derivatives J_z(x) v for all units, several directions per point, in one dual forward (`dual`).
 

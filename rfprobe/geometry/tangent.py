@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfprobe.errors import RfprobeError
-from rfprobe.sites import BN_TYPES, WEIGHT_TYPES, ReluSite, find_sites
+from rfprobe.graph import BN_TYPES, WEIGHT_TYPES, ReluSite, find_sites
 
 from rfprobe.geometry.dual import Program
 from rfprobe.geometry.evalbn import EvalBN

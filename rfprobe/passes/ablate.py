@@ -47,7 +47,7 @@ from rfprobe.passes.base import ABLATE_FRACTIONS, Pass
 from rfprobe.progress import track
 from rfprobe.report_tables import pct
 from rfprobe.results import layer_coords, provenance
-from rfprobe.sites import BNSite, find_sites
+from rfprobe.graph import BNSite, find_sites
 
 OPTIONS = (
     Option("prune_below", 0.01, "prune channels with |gamma| below this"),

@@ -1,6 +1,6 @@
 """`rfprobe affine`: the distribution of BatchNorm's affine parameters (no data needed).
 
-For every BN layer (forward order, `rfprobe.sites`) it reads gamma (`weight`) and beta (`bias`) and
+For every BN layer (forward order, `rfprobe.graph`) it reads gamma (`weight`) and beta (`bias`) and
 returns one Dataset holding
 
 - `gamma`, `beta` on `(layer, channel)`, NaN-padded to the widest layer;
@@ -31,7 +31,7 @@ from rfprobe.options import Option, defaults
 from rfprobe.passes.base import AFFINE_BINS, MAX_BINS, Pass
 from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance, stack
-from rfprobe.sites import BN_TYPES, BNSite, find_sites
+from rfprobe.graph import BN_TYPES, BNSite, find_sites
 
 OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),)
 """the pass's own options (rfprobe.options.Option): its flags, compare's `--affine-*` flags, a config's [affine] table"""

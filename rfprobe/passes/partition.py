@@ -53,7 +53,7 @@ from rfprobe.options import Option, defaults
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
 from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import layer_coords, provenance
-from rfprobe.sites import find_sites
+from rfprobe.graph import find_sites
 
 OPTIONS = (
     Option("recalibrate_bn", False, "first set every BN's running mean/var to the exact statistics of the data "

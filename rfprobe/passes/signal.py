@@ -11,7 +11,7 @@ over examples and positions (n, h, w):
 - `expected_variance`  = for NF-ResNets, the analytic Var(h_b) their betas are built from
   (1 at the stem, + alpha^2 per block, 1 + alpha^2 after a transition; it assumes skip gain 1); NaN otherwise
 
-The additions and their residual/shortcut inputs come from `rfprobe.sites.find_sites` (the shortcut is
+The additions and their residual/shortcut inputs come from `rfprobe.graph.find_sites` (the shortcut is
 the input with fewer conv/linear layers). The values are read by running the model's fx trace with an
 `fx.Interpreter` that reduces each watched node's output as soon as it is computed, so no hook is ever
 placed on the model (an OpenLTH block's `out + shortcut` is no module a hook could see).
@@ -44,7 +44,7 @@ from rfprobe.options import Option, defaults
 from rfprobe.passes.base import Pass
 from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import provenance
-from rfprobe.sites import BN_TYPES, AddSite, Sites, enclosing_module, find_sites
+from rfprobe.graph import BN_TYPES, AddSite, Sites, enclosing_module, find_sites
 
 OPTIONS = (
     Option("input_kind", "gaussian", "gaussian (unit Gaussian noise) or data (a random batch of --dataset)",

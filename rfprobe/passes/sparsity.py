@@ -40,7 +40,7 @@ from rfprobe.passes.base import GAMMA_THRESHOLDS, MAX_BINS, THRESHOLD_HELP, Pass
 from rfprobe.progress import track
 from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance
-from rfprobe.sites import ReluSite, find_sites, trace
+from rfprobe.graph import ReluSite, find_sites, trace
 
 OPTIONS = (
     Option("threshold", None, THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
