@@ -144,20 +144,6 @@ def measure_each(checkpoints: list[Path], labels: list[str], run_one, *, arch, n
 # ---------------------------------------------------------------- info, export
 
 
-def _normalization_report(ckpt) -> dict:
-    """The normalisation data passes use for `ckpt` by default, and where it comes from (for `info`)."""
-    from rfprobe.normalization import DATASET_DEFAULTS, resolve
-
-    dataset = ckpt.dataset if ckpt.dataset.partition(":")[0] in DATASET_DEFAULTS else "cifar10"
-    resolved = resolve(ckpt, dataset)
-    source = {"checkpoint": "recorded in the checkpoint",
-              "training dataset default": f"not recorded: the default of its training dataset {ckpt.dataset}, "
-                                          "which the trainer used",
-              "dataset default": f"not recorded: the measured dataset's default ({dataset} shown); "
-                                 "override with --normalization or --mean/--std"}[resolved.source]
-    return {**resolved.normalization.to_meta(), "source": source}
-
-
 @app.command()
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
@@ -166,33 +152,10 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Architecture, mode, epoch, metrics, parameter counts by group and the BN layers with their roles."""
-    from rfprobe.graph import find_sites
-    from rfprobe.trainable import GROUPS, MODES, parameter_groups, select
+    from rfprobe.describe import describe
+    from rfprobe.trainable import GROUPS
 
-    ckpt = load_one(checkpoint, arch, num_classes)
-    model = ckpt.model
-    sites = find_sites(model)
-    groups = parameter_groups(model, sites)
-    params = dict(model.named_parameters())
-    totals = {g: sum(params[n].numel() for n in params if groups[n] == g) for g in GROUPS}
-    trainable = None
-    if ckpt.mode in MODES:
-        also = tuple(ckpt.hparams.get("also") or ())
-        plan = select(model, ckpt.mode, also=also, masks=ckpt.masks or None, sites=sites)
-        trainable = {g: 0 for g in GROUPS}
-        for name in plan.tensors:
-            trainable[groups[name]] += int(plan.masks[name].sum()) if name in plan.masks else params[name].numel()
-    report = {
-        "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "arch": ckpt.arch, "num_classes": ckpt.num_classes,
-        "format": "bare state dict" if ckpt.bare else ckpt.meta.get("format"), "mode": ckpt.mode,
-        "dataset": ckpt.dataset, "epoch": ckpt.epoch, "metrics": ckpt.metrics,
-        "normalization": _normalization_report(ckpt),
-        "parameters": {"total": sum(totals.values()), **totals},
-        "trainable": None if trainable is None else {"total": sum(trainable.values()), **trainable},
-        "nonfinite_tensors": ckpt.nonfinite,
-        "bn_layers": [{"name": s.name, "depth": s.depth, "stage": s.stage, "block": s.block,
-                       "channels": s.n_channels, "role": s.role} for s in sites.bn],
-    }
+    report = describe(load_one(checkpoint, arch, num_classes))
     if json_out:
         print_json(report)
         return
@@ -205,10 +168,10 @@ def info(
     head.add_row("normalization", f"{norm['name']} (mean {', '.join(f'{v:g}' for v in norm['mean'])}; "
                                   f"std {', '.join(f'{v:g}' for v in norm['std'])})")
     head.add_row("", norm["source"])
-    for key, value in ckpt.metrics.items():
+    for key, value in report["metrics"].items():
         head.add_row(f"metrics.{key}", f"{value:.4g}" if isinstance(value, float) else str(value))
-    if ckpt.nonfinite:
-        head.add_row("non-finite", ", ".join(ckpt.nonfinite))
+    if report["nonfinite_tensors"]:
+        head.add_row("non-finite", ", ".join(report["nonfinite_tensors"]))
     console.print(head)
     counts = Table(title="parameters")
     counts.add_column("group")
@@ -216,14 +179,14 @@ def info(
     counts.add_column("trainable", justify="right")
     for group in ("total", *GROUPS):
         total = report["parameters"][group]
-        train = "-" if trainable is None else f"{report['trainable'][group]:,}"
+        train = "-" if report["trainable"] is None else f"{report['trainable'][group]:,}"
         counts.add_row(group, f"{total:,}", train)
     console.print(counts)
-    layers = Table(title=f"BatchNorm layers ({len(sites.bn)})")
+    layers = Table(title=f"BatchNorm layers ({len(report['bn_layers'])})")
     for column in ("#", "layer", "stage", "block", "channels", "role"):
         layers.add_column(column, justify="right" if column in ("#", "stage", "block", "channels") else "left")
-    for s in sites.bn:
-        layers.add_row(str(s.depth), s.name, str(s.stage), str(s.block), str(s.n_channels), s.role)
+    for bn in report["bn_layers"]:
+        layers.add_row(str(bn["depth"]), bn["name"], str(bn["stage"]), str(bn["block"]), str(bn["channels"]), bn["role"])
     console.print(layers)
 
 

@@ -249,9 +249,9 @@ def test_jitter_of_a_layer_with_a_zero_gamma_channel_stays_finite():
 
 
 def test_the_study_data_cache_is_bounded_and_keyed_by_the_data_folder(monkeypatch):
-    from rfprobe import study
     from rfprobe.checkpoint import Checkpoint
     from rfprobe.loading import DataOptions
+    from rfprobe.study import runner as study
 
     loads = []
     monkeypatch.setattr(study, "_DATA_CACHE", study._DataCache())
