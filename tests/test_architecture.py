@@ -75,3 +75,11 @@ def test_the_lower_layers_do_not_import_the_upper_ones():
                                                             "storecheck", "options", "errors")]
     offenders = {module_name(p): sorted(m for m in imports_of(p) if m.startswith(upper)) for p in lower}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_command_line_lists_every_pass_without_loading_torch():
+    code = ("import sys, rfprobe.cli; from rfprobe.passes import REGISTRY; "
+            "print(len(REGISTRY), 'torch' in sys.modules, 'xarray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6", "False", "False"]

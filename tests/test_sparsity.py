@@ -305,7 +305,9 @@ def test_compile_failure_is_one_line(tmp_path, cli_error, monkeypatch, resnet):
             raise torch._dynamo.exc.TorchRuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return fail
 
-    monkeypatch.setattr(sparsity, "compiled", broken)
+    from rfprobe.passes.sparsity import compute
+
+    monkeypatch.setattr(compute, "compiled", broken)
     ckpt = save_checkpoint(tmp_path / "final.pt", resnet, mode="bn", dataset="synthetic")
     line = cli_error(main, ["sparsity", ckpt, "--dataset", "synthetic", "--limit", "20", "--compile",
                             "--out", tmp_path / "o.zarr"])

@@ -1,6 +1,8 @@
-"""What a pass is (`Pass`), and the constants several passes share. Each `rfprobe/passes/<name>.py` declares
-one `Pass` named `PASS`; `rfprobe.passes.REGISTRY` lists them. The command line, studies, the report, the
-tables and `rfprobe plot` read everything about a pass from its `Pass` and never name a pass themselves."""
+"""What a pass is (`Pass`), and the constants several passes share. Each pass is a package
+`rfprobe/passes/<name>/`: its `__init__` declares the options, data defaults and one `Pass` named `PASS`
+(torch-free, so the command line lists every pass without loading torch), its `compute` module does the
+work; `rfprobe.passes.REGISTRY` lists them. The command line, studies, the report, the tables and
+`rfprobe plot` read everything about a pass from its `Pass` and never name a pass themselves."""
 
 from __future__ import annotations
 

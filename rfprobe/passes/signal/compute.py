@@ -24,7 +24,6 @@ model's modes are restored afterwards, also when the pass raises.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import contextlib
 import operator
@@ -40,31 +39,12 @@ from rich.table import Table
 
 from rfprobe.data import Data, load_dataset, normalize
 from rfprobe.errors import RfprobeError
-from rfprobe.options import Option, defaults
-from rfprobe.passes.base import Pass
+from rfprobe.options import defaults
 from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import provenance
 from rfprobe.graph import BN_TYPES, AddSite, Sites, enclosing_module, find_sites
+from rfprobe.passes.signal import OPTIONS
 
-OPTIONS = (
-    Option("input_kind", "gaussian", "gaussian (unit Gaussian noise) or data (a random batch of --dataset)",
-           flags=("--input",)),
-    Option("batch", 256, "examples in the one batch measured", flags=("--batch", "--batch-size")),
-    Option("seed", 0, "seed of the input batch and of fresh inits"),
-    Option("batch_stats", None, "BN normalises with the batch's statistics (--batch-stats) or its running ones "
-                                "(--running-stats); default: batch statistics at initialisation (fresh inits, "
-                                "epoch-0 checkpoints, files whose running statistics were never updated), "
-                                "running ones after training", type=Optional[bool],
-           flags=("--batch-stats/--running-stats",)),
-    Option("bn_init", None, "BN init of fresh inits that have one (not nf_*): uniform (OpenLTH's default), "
-                            "fixed (gamma 1, as the paper), oneone, positivenegative", type=Optional[str]),
-    Option("skip_init_gain", None, "skip gain of fresh nf_* inits (default 0, SkipInit; 1 shows the paper's SPPs)",
-           type=Optional[float]),
-)
-"""the pass's own options (rfprobe.options.Option): its flags, compare's `--signal-*` flags, a config's [signal] table"""
-
-DATA = {"dataset": "synthetic"}
-"""data defaults (None: the pass reads only the model)"""
 
 
 INPUTS = ("gaussian", "data")
@@ -449,21 +429,3 @@ def figure(ds: xr.Dataset):
     from rfprobe.plots.signal import signal_figure
 
     return signal_figure(ds)
-
-
-PASS = Pass(
-    name="signal",
-    summary="Signal propagation plots: squared mean, variance and residual-branch variance after the stem and every residual block.",
-    options=OPTIONS,
-    data=DATA,
-    run=run_checkpoint,
-    validate=validate,
-    headline=headline,
-    tables=tables,
-    figure=figure,
-    key_numbers=key_numbers,
-    json_attrs=("input", "n_examples"),
-    reads_data=lambda options: options["input_kind"] == "data",
-    data_input=lambda dataset, options, **where: data_input(dataset, options["batch"], options["seed"], **where),
-    prepare_models=prepare_models,
-)

@@ -27,17 +27,13 @@ import xarray as xr
 from rich.table import Table
 
 from rfprobe.errors import RfprobeError
-from rfprobe.options import Option, defaults
-from rfprobe.passes.base import AFFINE_BINS, MAX_BINS, Pass
+from rfprobe.options import defaults
+from rfprobe.passes.base import AFFINE_BINS, MAX_BINS
 from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance, stack
 from rfprobe.graph import BN_TYPES, BNSite, find_sites
+from rfprobe.passes.affine import OPTIONS
 
-OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),)
-"""the pass's own options (rfprobe.options.Option): its flags, compare's `--affine-*` flags, a config's [affine] table"""
-
-DATA = None
-"""data defaults (None: the pass reads only the model)"""
 
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -250,19 +246,3 @@ def figure(ds: xr.Dataset):
     from rfprobe.plots.affine import affine_figure
 
     return affine_figure(ds)
-
-
-PASS = Pass(
-    name="affine",
-    summary="Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries.",
-    options=OPTIONS,
-    data=DATA,
-    run=run_checkpoint,
-    validate=validate,
-    headline=headline,
-    tables=tables,
-    figure=figure,
-    key_numbers=key_numbers,
-    json_attrs=(),
-    combine=rebin,
-)

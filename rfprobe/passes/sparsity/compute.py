@@ -21,7 +21,6 @@ For a site with C channels and P positions per channel (H*W, or 1 after a BatchN
 
 from __future__ import annotations
 
-from typing import Optional
 
 import logging
 from dataclasses import dataclass
@@ -35,24 +34,14 @@ from rich.table import Table
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
-from rfprobe.options import Option, defaults
-from rfprobe.passes.base import GAMMA_THRESHOLDS, MAX_BINS, THRESHOLD_HELP, Pass
+from rfprobe.options import defaults
+from rfprobe.passes.base import GAMMA_THRESHOLDS, MAX_BINS
 from rfprobe.progress import track
 from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance
 from rfprobe.graph import ReluSite, find_sites, trace
+from rfprobe.passes.sparsity import OPTIONS
 
-OPTIONS = (
-    Option("threshold", None, THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
-           type=Optional[list[float]]),
-    Option("bins", 20, "bins of the per-example histogram on [0, 1]"),
-    Option("compile", False, "fuse each ReLU and its probe into one torch.compile kernel (a one-time compile of "
-                             "~15 s, 2-3 s once torch has cached it; pays off for long passes)"),
-)
-"""the pass's own options (rfprobe.options.Option): its flags, compare's `--sparsity-*` flags, a config's [sparsity] table"""
-
-DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
-"""data defaults (None: the pass reads only the model)"""
 
 
 THRESHOLDS = GAMMA_THRESHOLDS
@@ -434,19 +423,3 @@ def figure(ds: xr.Dataset):
     from rfprobe.plots.sparsity import sparsity_figure
 
     return sparsity_figure(ds)
-
-
-PASS = Pass(
-    name="sparsity",
-    summary="Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero channels), joined with small |gamma|.",
-    options=OPTIONS,
-    data=DATA,
-    run=run_checkpoint,
-    validate=validate,
-    headline=headline,
-    tables=tables,
-    figure=figure,
-    key_numbers=key_numbers,
-    json_attrs=("dataset", "split", "n_examples", "normalization"),
-    scores_labels=True,
-)

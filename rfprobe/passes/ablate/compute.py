@@ -42,28 +42,14 @@ from rich.table import Table
 
 from rfprobe.data import Data, batches
 from rfprobe.errors import RfprobeError
-from rfprobe.options import Option, defaults
-from rfprobe.passes.base import ABLATE_FRACTIONS, Pass
+from rfprobe.options import defaults
+from rfprobe.passes.base import ABLATE_FRACTIONS
 from rfprobe.progress import track
 from rfprobe.report_tables import pct
 from rfprobe.results import layer_coords, provenance
 from rfprobe.graph import BNSite, find_sites
+from rfprobe.passes.ablate import DATA, OPTIONS
 
-OPTIONS = (
-    Option("prune_below", 0.01, "prune channels with |gamma| below this"),
-    Option("keep_beta", False, "pruning sets gamma=0 but keeps beta (default: both 0)"),
-    Option("seeds", 3, "random-control draws (seeds 0..N-1)"),
-    Option("fractions", ",".join(f"{f:g}" for f in ABLATE_FRACTIONS),
-           "comma-separated fractions of eligible channels for the smallest-|gamma| curve ('' for none)"),
-    Option("reenable_pruned", False, "also restore gamma of the channels below --prune-below"),
-    Option("reenable_value", "init", "init (init.pt beside the checkpoint, else median), median (of the layer's "
-                                     "live |gamma|), one"),
-    Option("eligible", "all", "BNs whose channels may be pruned: all, no-shortcut, relu"),
-)
-"""the pass's own options (rfprobe.options.Option): its flags, compare's `--ablate-*` flags, a config's [ablate] table"""
-
-DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
-"""data defaults (None: the pass reads only the model)"""
 
 
 ELIGIBLE = ("all", "no-shortcut", "relu")
@@ -427,19 +413,3 @@ def figure(ds: xr.Dataset):
     from rfprobe.plots.ablate import ablate_figure
 
     return ablate_figure(ds)
-
-
-PASS = Pass(
-    name="ablate",
-    summary="Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a pruning curve, re-enabling.",
-    options=OPTIONS,
-    data=DATA,
-    run=run_checkpoint,
-    validate=validate,
-    headline=headline,
-    tables=tables,
-    figure=figure,
-    key_numbers=key_numbers,
-    json_attrs=("dataset", "split", "n_examples", "normalization", "prune_below", "prune_operation", "eligible_bns"),
-    scores_labels=True,
-)

@@ -17,7 +17,7 @@ projection-shortcut BNs) and `relu` (only BNs that feed a ReLU): `pooled_n_chann
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch.nn as nn
@@ -26,16 +26,12 @@ from rich import box
 from rich.table import Table
 
 from rfprobe.errors import RfprobeError
-from rfprobe.options import Option, defaults
-from rfprobe.passes.base import GAMMA_THRESHOLDS, THRESHOLD_HELP, Pass
+from rfprobe.options import defaults
+from rfprobe.passes.base import GAMMA_THRESHOLDS
 from rfprobe.passes.affine import AFFINE_DEFINITION, BNAffine, bn_affine, checkpoint_affine
 from rfprobe.results import provenance
+from rfprobe.passes.dead import OPTIONS
 
-OPTIONS = (Option("threshold", None, THRESHOLD_HELP, type=Optional[list[float]]),)
-"""the pass's own options (rfprobe.options.Option): its flags, compare's `--dead-*` flags, a config's [dead] table"""
-
-DATA = None
-"""data defaults (None: the pass reads only the model)"""
 
 
 DEFAULT_THRESHOLDS = GAMMA_THRESHOLDS
@@ -175,19 +171,3 @@ def figure(ds: xr.Dataset):
     from rfprobe.plots.dead import dead_figure
 
     return dead_figure(ds)
-
-
-PASS = Pass(
-    name="dead",
-    summary="Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN feeding a ReLU).",
-    options=OPTIONS,
-    data=DATA,
-    run=run_checkpoint,
-    validate=validate,
-    headline=headline,
-    tables=tables,
-    figure=figure,
-    key_numbers=key_numbers,
-    json_attrs=(),
-    json_extra=lambda ds: {"thresholds": [float(t) for t in ds["threshold"].values]},
-)

@@ -48,38 +48,14 @@ from rich.table import Table
 
 from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
-from rfprobe.passes.base import SEGMENT_KINDS, Pass
-from rfprobe.options import Option, defaults
+from rfprobe.passes.base import SEGMENT_KINDS
+from rfprobe.options import defaults
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
 from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import layer_coords, provenance
 from rfprobe.graph import find_sites
+from rfprobe.passes.partition import DATA, OPTIONS
 
-OPTIONS = (
-    Option("recalibrate_bn", False, "first set every BN's running mean/var to the exact statistics of the data "
-                                    "(on a copy)"),
-    Option("segments", 16, "segments walked per kind (train-train, point-noise, radius); 0 skips"),
-    Option("kinds", ",".join(SEGMENT_KINDS), "segment kinds to walk, comma-separated (train-train segments "
-                                             "through a CIFAR ResNet cross ~1e5 regions: slow on a CPU)"),
-    Option("radius", 1.0, "length of the random-direction segments, in normalised input units"),
-    Option("max_breakpoints", 100_000, "stop walking a segment after this many breakpoints (recorded in "
-                                       "segment_complete)"),
-    Option("exact_points", 2, "points with the exact nearest-boundary distance (forward mode along every input dimension); "
-                              "0 skips"),
-    Option("probes", 64, "Hutchinson directions per point for the distance on all points; 0 skips"),
-    Option("lc_points", 32, "points with the local complexity (40 vertices at radius 0.005); 0 skips"),
-    Option("jitter_batches", 16, "mini-batches for the BN jitter of boundary offsets; 0 skips"),
-    Option("jitter_batch_size", 16, "mini-batch size B of the jitter"),
-    Option("slice_plane", True, "exact 2-D slice (input plane for 2-D data, else the plane through 3 points)",
-           flags=("--slice/--no-slice",)),
-    Option("slice_max_regions", 2000, "stop enumerating the slice after this many regions"),
-    Option("slice_resolution", 128, "raster side of the drawn slice"),
-    Option("seed", 0, "seed of segments, probes, directions and batches"),
-)
-"""the pass's own options (rfprobe.options.Option): its flags, compare's `--partition-*` flags, a config's [partition] table"""
-
-DATA = {"dataset": None, "limit": 256, "batch_size": 64}
-"""data defaults (None: the pass reads only the model)"""
 
 
 
@@ -532,19 +508,3 @@ def figure(ds: xr.Dataset):
     from rfprobe.plots.partition import partition_figure
 
     return partition_figure(ds)
-
-
-PASS = Pass(
-    name="partition",
-    summary="Exact linear-region statistics: region walks along segments, nearest-boundary distances, per-layer distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode).",
-    options=OPTIONS,
-    data=DATA,
-    run=run_checkpoint,
-    validate=validate,
-    headline=headline,
-    tables=tables,
-    figure=figure,
-    key_numbers=key_numbers,
-    json_attrs=("dataset", "split", "n_examples", "normalization", "recalibrate_bn"),
-    json_extra=lambda ds: {"recalibrate_bn": bool(ds.attrs.get("recalibrate_bn"))},
-)

@@ -1,0 +1,51 @@
+"""The sparsity pass, declared: its options, data defaults and registry entry (`PASS`). The computation, with
+its tables and figure, is `rfprobe.passes.sparsity.compute`, imported on first use so that the command line lists
+every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
+
+from typing import Optional
+
+from rfprobe.options import Option
+from rfprobe.passes.base import THRESHOLD_HELP, Pass
+
+OPTIONS = (
+    Option("threshold", None, THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
+           type=Optional[list[float]]),
+    Option("bins", 20, "bins of the per-example histogram on [0, 1]"),
+    Option("compile", False, "fuse each ReLU and its probe into one torch.compile kernel (a one-time compile of "
+                             "~15 s, 2-3 s once torch has cached it; pays off for long passes)"),
+)
+"""the pass's own options (rfprobe.options.Option): its flags, compare's `--sparsity-*` flags, a config's
+[sparsity] table"""
+
+DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
+"""data defaults (None: the pass reads only the model)"""
+
+
+def _impl():
+    import rfprobe.passes.sparsity.compute as compute  # not `from ... import`: that would ask __getattr__ first
+
+    return compute
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    module = _impl()
+    return module if name == "compute" else getattr(module, name)
+
+
+PASS = Pass(
+    name="sparsity",
+    summary=("Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero "
+             "channels), joined with small |gamma|."),
+    options=OPTIONS,
+    data=DATA,
+    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
+    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
+    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
+    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
+    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
+    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
+    json_attrs=("dataset", "split", "n_examples", "normalization"),
+    scores_labels=True,
+)
