@@ -79,13 +79,18 @@ class DataOptions:
     strict: bool = False
 
     @classmethod
-    def of(cls, o: SimpleNamespace) -> "DataOptions":
+    def of(cls, o: SimpleNamespace, **given) -> "DataOptions":
+        """The data options of a command's parsed values, with any field `given` instead (a study's `limit`
+        is per pass, so its Request takes `limit=None`)."""
         check_positive(batch_size=getattr(o, "batch_size", None))
-        return cls(o.dataset, o.split, o.data_root, o.download, getattr(o, "limit", None), o.normalization, o.mean,
-                   o.std, strict=getattr(o, "strict", False))
+        values = dict(dataset=o.dataset, split=o.split, root=o.data_root, download=o.download,
+                      limit=getattr(o, "limit", None), normalization=o.normalization, mean=o.mean, std=o.std,
+                      strict=getattr(o, "strict", False))
+        return cls(**{**values, **given})
 
     def __post_init__(self):
         from rfprobe.data import check_dataset_name, check_split
+        from rfprobe.normalization import from_options
 
         if self.root is not None:
             object.__setattr__(self, "root", str(self.root))
@@ -93,7 +98,7 @@ class DataOptions:
             check_dataset_name(self.dataset)
         check_split(self.split)
         check_positive(limit=self.limit)
-        self.override  # noqa: B018  (validates the normalisation options)
+        from_options(self.normalization, self.mean, self.std)
 
     @property
     def override(self):

@@ -157,6 +157,6 @@ def study_request(o: SimpleNamespace):
         if "batch_size" in own:
             given = getattr(o, f"{name}_batch_size")
             batch_sizes[name] = given if given is not None else own["batch_size"]
-    return Request(passes=passes, options=options, data=DataOptions.of(SimpleNamespace(**{**vars(o), "limit": None})),
+    return Request(passes=passes, options=options, data=DataOptions.of(o, limit=None),
                    limits=limits, batch_sizes=batch_sizes, device=o.device, arch=o.arch, num_classes=o.num_classes,
                    command=list(sys.argv))

@@ -7,6 +7,7 @@ work; `rfprobe.passes.REGISTRY` lists them. The command line, studies, the repor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable
 
 from rfprobe.options import Option
@@ -86,3 +87,35 @@ class Pass:
         if self.data is None:
             return False
         return self.reads_data is None or self.reads_data({**self.defaults(), **(options or {})})
+
+
+COMPUTED = {"run": "run_checkpoint", "validate": "validate", "headline": "headline", "tables": "tables",
+            "figure": "figure", "key_numbers": "key_numbers"}
+"""the `Pass` fields every pass's compute module provides, and the names it provides them under"""
+
+
+def deferred(load: Callable[[], ModuleType], name: str) -> Callable:
+    """A function that calls `name` of the module `load()` imports, importing it on the first call."""
+    def call(*args, **kwargs):
+        return getattr(load(), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def lazy_pass(load: Callable[[], ModuleType], **declared) -> Pass:
+    """The `Pass` of a pass package: what its torch-free `__init__` declares (`declared`), and the `COMPUTED`
+    functions of its compute module (`load()`), imported on first use."""
+    return Pass(**{field_name: deferred(load, name) for field_name, name in COMPUTED.items()}, **declared)
+
+
+def module_getattr(load: Callable[[], ModuleType]) -> Callable[[str], Any]:
+    """A pass package's module `__getattr__`: any other name (`run`, `headline`, ..., `compute` itself) is
+    read from its compute module (`load()`), so `from rfprobe.passes import dead; dead.run(...)` works."""
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        module = load()
+        return module if name == "compute" else getattr(module, name)
+
+    return __getattr__

@@ -15,4 +15,10 @@ STUDY_FILES = ("runs", "study.zarr", "trajectory.png", "report.html", "figures")
 
 
 def store_path(out: Path, label: str, pass_name: str) -> Path:
+    """DIR/runs/<label>/<pass>.zarr: one pass on one checkpoint."""
     return out / "runs" / label / f"{pass_name}.zarr"
+
+
+def record_file(out: Path, label: str) -> Path:
+    """DIR/runs/<label>/checkpoint.json: a checkpoint's provenance and study coordinates."""
+    return out / "runs" / label / "checkpoint.json"

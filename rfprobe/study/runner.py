@@ -9,7 +9,7 @@ from typing import Callable
 
 from rfprobe.passes import REGISTRY
 from rfprobe.study.inputs import Entry, apply_given, checkpoint_record
-from rfprobe.study.layout import store_path
+from rfprobe.study.layout import record_file, store_path
 from rfprobe.study.request import Request
 
 
@@ -118,16 +118,17 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
         torch.set_num_threads(threads)
     device = resolve_device(request.device)
     sha = sha256_file(entry.path)
+    fingerprints = {name: request.fingerprint(name, device.type, entry) for name in request.passes}
     todo = []
     for name in request.passes:
         path = store_path(out, entry.label, name)
-        why = store_problem(path, sha, request.fingerprint(name, device.type, entry))
+        why = store_problem(path, sha, fingerprints[name])
         if why is not None:
             todo.append(name)
             if why != "missing":
                 note(f"recomputing {path}: {why}")
     status = {p: "skipped" for p in request.passes}
-    record_path = out / "runs" / entry.label / "checkpoint.json"
+    record_path = record_file(out, entry.label)
     if not todo and _record_current(record_path, sha, entry):
         return status
     arch, num_classes = entry.arch or request.arch, entry.num_classes or request.num_classes
@@ -141,7 +142,7 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
         ds = REGISTRY[name].run(ckpt, data, request.options[name], batch_size=request.batch_sizes.get(name, 500),
                                 device=device, command=request.command, progress=False,
                                 load=lambda path: load_one(path, arch, num_classes, device=device))
-        ds.attrs["study_fingerprint"] = request.fingerprint(name, device.type, entry)
+        ds.attrs["study_fingerprint"] = fingerprints[name]
         save_result(stack([ds], [entry.label]), store_path(out, entry.label, name), overwrite=True)
         status[name] = "computed"
     return status

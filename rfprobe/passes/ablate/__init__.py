@@ -3,7 +3,7 @@ its tables and figure, is `rfprobe.passes.ablate.compute`, imported on first use
 every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
 
 from rfprobe.options import Option
-from rfprobe.passes.base import ABLATE_FRACTIONS, Pass
+from rfprobe.passes.base import ABLATE_FRACTIONS, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("prune_below", 0.01, "prune channels with |gamma| below this"),
@@ -29,25 +29,15 @@ def _impl():
     return compute
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = _impl()
-    return module if name == "compute" else getattr(module, name)
+__getattr__ = module_getattr(_impl)
 
-
-PASS = Pass(
+PASS = lazy_pass(
+    _impl,
     name="ablate",
     summary=("Accuracy after pruning small-|gamma| channels, vs random and largest-|gamma| controls, a "
              "pruning curve, re-enabling."),
     options=OPTIONS,
     data=DATA,
-    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
-    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
-    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
-    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
-    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
-    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
     json_attrs=("dataset", "split", "n_examples", "normalization", "prune_below", "prune_operation", "eligible_bns"),
     scores_labels=True,
 )

@@ -3,7 +3,7 @@ its tables and figure, is `rfprobe.passes.affine.compute`, imported on first use
 every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
 
 from rfprobe.options import Option
-from rfprobe.passes.base import AFFINE_BINS, Pass
+from rfprobe.passes.base import AFFINE_BINS, deferred, lazy_pass, module_getattr
 
 OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),)
 """the pass's own options (rfprobe.options.Option): its flags, compare's `--affine-*` flags, a config's
@@ -19,24 +19,14 @@ def _impl():
     return compute
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = _impl()
-    return module if name == "compute" else getattr(module, name)
+__getattr__ = module_getattr(_impl)
 
-
-PASS = Pass(
+PASS = lazy_pass(
+    _impl,
     name="affine",
     summary="Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries.",
     options=OPTIONS,
     data=DATA,
-    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
-    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
-    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
-    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
-    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
-    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
     json_attrs=(),
-    combine=lambda *args, **kwargs: _impl().rebin(*args, **kwargs),
+    combine=deferred(_impl, "rebin"),
 )

@@ -5,7 +5,7 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from typing import Optional
 
 from rfprobe.options import Option
-from rfprobe.passes.base import THRESHOLD_HELP, Pass
+from rfprobe.passes.base import THRESHOLD_HELP, lazy_pass, module_getattr
 
 OPTIONS = (Option("threshold", None, THRESHOLD_HELP, type=Optional[list[float]]),)
 """the pass's own options (rfprobe.options.Option): its flags, compare's `--dead-*` flags, a config's
@@ -21,25 +21,15 @@ def _impl():
     return compute
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = _impl()
-    return module if name == "compute" else getattr(module, name)
+__getattr__ = module_getattr(_impl)
 
-
-PASS = Pass(
+PASS = lazy_pass(
+    _impl,
     name="dead",
     summary=("Channels with |gamma| < t per BN layer and pooled, and 'off' channels (also beta <= 0, BN "
              "feeding a ReLU)."),
     options=OPTIONS,
     data=DATA,
-    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
-    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
-    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
-    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
-    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
-    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
     json_attrs=(),
     json_extra=lambda ds: {"thresholds": [float(t) for t in ds["threshold"].values]},
 )

@@ -3,7 +3,7 @@ its tables and figure, is `rfprobe.passes.partition.compute`, imported on first 
 every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
 
 from rfprobe.options import Option
-from rfprobe.passes.base import SEGMENT_KINDS, Pass
+from rfprobe.passes.base import SEGMENT_KINDS, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("recalibrate_bn", False, "first set every BN's running mean/var to the exact statistics of the data "
@@ -39,25 +39,15 @@ def _impl():
     return compute
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = _impl()
-    return module if name == "compute" else getattr(module, name)
+__getattr__ = module_getattr(_impl)
 
-
-PASS = Pass(
+PASS = lazy_pass(
+    _impl,
     name="partition",
     summary=("Exact linear-region statistics: region walks along segments, nearest-boundary distances, "
              "per-layer distances, local complexity, BN jitter, a 2-D slice (float64, BN in eval mode)."),
     options=OPTIONS,
     data=DATA,
-    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
-    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
-    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
-    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
-    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
-    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
     json_attrs=("dataset", "split", "n_examples", "normalization", "recalibrate_bn"),
     json_extra=lambda ds: {"recalibrate_bn": bool(ds.attrs.get("recalibrate_bn"))},
 )

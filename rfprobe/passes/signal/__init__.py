@@ -5,7 +5,7 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from typing import Optional
 
 from rfprobe.options import Option
-from rfprobe.passes.base import Pass
+from rfprobe.passes.base import deferred, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("input_kind", "gaussian", "gaussian (unit Gaussian noise) or data (a random batch of --dataset)",
@@ -35,28 +35,18 @@ def _impl():
     return compute
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = _impl()
-    return module if name == "compute" else getattr(module, name)
+__getattr__ = module_getattr(_impl)
 
-
-PASS = Pass(
+PASS = lazy_pass(
+    _impl,
     name="signal",
     summary=("Signal propagation plots: squared mean, variance and residual-branch variance after the stem "
              "and every residual block."),
     options=OPTIONS,
     data=DATA,
-    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
-    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
-    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
-    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
-    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
-    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
     json_attrs=("input", "n_examples"),
     reads_data=lambda options: options["input_kind"] == "data",
     data_input=lambda dataset, options, **where: _impl().data_input(dataset, options["batch"], options["seed"],
                                                                     **where),
-    prepare_models=lambda *args, **kwargs: _impl().prepare_models(*args, **kwargs),
+    prepare_models=deferred(_impl, "prepare_models"),
 )

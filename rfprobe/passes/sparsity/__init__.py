@@ -5,7 +5,7 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from typing import Optional
 
 from rfprobe.options import Option
-from rfprobe.passes.base import THRESHOLD_HELP, Pass
+from rfprobe.passes.base import THRESHOLD_HELP, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("threshold", None, THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
@@ -27,25 +27,15 @@ def _impl():
     return compute
 
 
-def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = _impl()
-    return module if name == "compute" else getattr(module, name)
+__getattr__ = module_getattr(_impl)
 
-
-PASS = Pass(
+PASS = lazy_pass(
+    _impl,
     name="sparsity",
     summary=("Activation sparsity at every ReLU site (zero fraction, dead channels, per-example zero "
              "channels), joined with small |gamma|."),
     options=OPTIONS,
     data=DATA,
-    run=lambda *args, **kwargs: _impl().run_checkpoint(*args, **kwargs),
-    validate=lambda *args, **kwargs: _impl().validate(*args, **kwargs),
-    headline=lambda *args, **kwargs: _impl().headline(*args, **kwargs),
-    tables=lambda *args, **kwargs: _impl().tables(*args, **kwargs),
-    figure=lambda *args, **kwargs: _impl().figure(*args, **kwargs),
-    key_numbers=lambda *args, **kwargs: _impl().key_numbers(*args, **kwargs),
     json_attrs=("dataset", "split", "n_examples", "normalization"),
     scores_labels=True,
 )
