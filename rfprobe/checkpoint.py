@@ -1,7 +1,9 @@
 """The checkpoint format: one `.pt` file holding a plain dict of tensors and JSON-able values.
 
     format       "rfprobe.checkpoint/1"
-    arch         registry name, e.g. "cifar_resnet_20"
+    arch         registry name, e.g. "cifar_resnet_20", "timm:resnet18", "mypackage.nets:make_net"
+    arch_kwargs  (optional) the keyword arguments the model was built with (JSON values)
+    input_shape  (optional) one example's shape, e.g. [3, 32, 32]
     num_classes  int
     dataset, mode, bn_init, seed, epoch, metrics (dict), hparams (dict)
     state_dict   the model's state dict
@@ -16,6 +18,11 @@ pickle references code is refused, never executed. A bare state dict (OpenLTH, t
 safetensors files (no pickle at all) load too: a bare one like a bare state dict, and one written by
 `export_safetensors` as the rfprobe checkpoint it came from (its JSON metadata under the `rfprobe` key,
 random-mode masks as tensors named `rfprobe.masks.<param>`).
+
+An architecture that names the user's own code (`package.module:factory`) is imported only when the user
+names it (`--arch`): a checkpoint that records one is refused otherwise, since importing it would run code
+the file chose. A state dict whose BatchNorms lack their running statistics (Tent keeps only gamma/beta)
+loads with those BNs set to normalise with each batch's own statistics (`Checkpoint.batch_stats_only`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import torch.nn as nn
 
 from rfprobe.atomic import atomic_file
 from rfprobe.errors import CheckpointError, RfprobeError
-from rfprobe.models import build_model
+from rfprobe.models import architecture_options, build_model
 
 FORMAT = "rfprobe.checkpoint/1"
 SAFETENSORS_MASK_PREFIX = "rfprobe.masks."
@@ -65,6 +72,10 @@ class Checkpoint:
     """names of tensors holding NaN or inf (loaded anyway, with a warning)"""
     bare: bool = False
     """True when the file was a bare state dict, not an rfprobe checkpoint"""
+    arch_kwargs: dict = field(default_factory=dict)
+    """the keyword arguments the model was built with (--arch-kwargs, or recorded in the file)"""
+    batch_stats_only: list[str] = field(default_factory=list)
+    """BatchNorm layers the file gave no running statistics for: they normalise with each batch's own"""
 
     @property
     def label(self) -> str:
@@ -113,7 +124,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, arch: str | No
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if num_classes is None:
         num_classes = _infer_num_classes(state)
-    payload = {"format": FORMAT, "arch": arch, "num_classes": int(num_classes), **meta, "state_dict": state}
+    recorded = {}
+    if getattr(model, "rfprobe_arch", None) == arch and architecture_options(arch) is None:  # a constructor outside rfprobe
+        if getattr(model, "rfprobe_arch_kwargs", None):
+            recorded["arch_kwargs"] = dict(model.rfprobe_arch_kwargs)
+        if getattr(model, "rfprobe_input_shape", None) is not None:
+            recorded["input_shape"] = list(model.rfprobe_input_shape)
+    payload = {"format": FORMAT, "arch": arch, "num_classes": int(num_classes), **recorded, **meta, "state_dict": state}
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -202,10 +219,27 @@ def _list(keys, most: int = 6) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > most else shown
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
-    """Load `state` strictly, with a one-line error naming missing / unexpected / mis-shaped keys."""
+RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _without_running_stats(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """The BatchNorm layers of `model` for which `state` has neither running mean nor variance while it has
+    their other tensors (a Tent-style state dict): loaded, they normalise with batch statistics."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return [name for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+            and f"{name}.running_mean" not in state and f"{name}.running_var" not in state]
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path,
+                    allow_missing_stats: bool = False) -> list[str]:
+    """Load `state` strictly, with a one-line error naming missing / unexpected / mis-shaped keys. With
+    `allow_missing_stats`, BatchNorms whose running statistics are all missing load with batch statistics;
+    returns their names."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    stats_missing = _without_running_stats(model, state) if allow_missing_stats else []
+    skipped = {f"{name}.{key}" for name in stats_missing for key in RUNNING_STATS}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked") and k not in skipped]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         parts = []
@@ -219,6 +253,11 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str,
     if shapes:
         raise CheckpointError(f"{path}: state dict does not match {arch}: shape mismatch (file vs model): {_list(shapes, 3)}")
     model.load_state_dict(state, strict=False)
+    if stats_missing:
+        from rfprobe.normstats import use_batch_statistics
+
+        use_batch_statistics(model, stats_missing)
+    return stats_missing
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
@@ -226,11 +265,16 @@ def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, num_classes: int | None = None,
-                    device: str | torch.device = "cpu") -> Checkpoint:
+                    device: str | torch.device = "cpu", arch_kwargs: dict | None = None,
+                    input_shape: tuple[int, ...] | None = None) -> Checkpoint:
     """Load an rfprobe checkpoint, or a bare state dict when `arch` names its architecture.
 
-    Raises CheckpointError (one line) for a missing, foreign, truncated or code-carrying file and for
-    keys or shapes that do not match the architecture; warns (and records in `.nonfinite`) on NaN/inf."""
+    `arch_kwargs` / `input_shape` (`--arch-kwargs`, `--input-shape`) build the model; by default those the
+    checkpoint records. Raises CheckpointError (one line) for a missing, foreign, truncated or code-carrying
+    file, for a recorded architecture in the user's own code that `arch` does not name, and for keys or shapes
+    that do not match the architecture; warns (and records in `.nonfinite`) on NaN/inf."""
+    from rfprobe.models.external import is_user_code
+
     path = Path(path)
     obj = _read(path)
     bare = not (isinstance(obj, dict) and obj.get("format") == FORMAT)
@@ -251,14 +295,22 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, num_cla
         if not _is_state_dict(state):
             raise CheckpointError(f"{path}: rfprobe checkpoint without a state_dict of tensors")
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        recorded = meta.get("arch")
+        if isinstance(recorded, str) and is_user_code(recorded) and arch != recorded:
+            raise CheckpointError(f"{path}: records the architecture {recorded}, a function in code outside rfprobe, "
+                                  f"which is imported only when you name it; pass --arch {recorded} to run it")
         if arch is not None and arch != meta.get("arch"):
             warnings.warn(f"{path}: --arch {arch} overrides the recorded architecture {meta.get('arch')}", stacklevel=2)
         arch = arch or meta.get("arch")
         if not isinstance(arch, str):
             raise CheckpointError(f"{path}: checkpoint records no architecture; pass --arch")
     num_classes = int(num_classes or meta.get("num_classes") or _infer_num_classes(state))
-    model = build_model(arch, num_classes=num_classes)
-    load_state_into(model, state, arch, path)
+    kwargs = arch_kwargs if arch_kwargs is not None else (meta.get("arch_kwargs") if arch == meta.get("arch") else None)
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: arch_kwargs must be a table of keyword arguments, got {type(kwargs).__name__}")
+    shape = input_shape or (meta.get("input_shape") if arch == meta.get("arch") else None)
+    model = build_model(arch, num_classes=num_classes, input_shape=tuple(shape) if shape else None, **(kwargs or {}))
+    stats_missing = load_state_into(model, state, arch, path, allow_missing_stats=True)
     bad = nonfinite_tensors(state)
     if bad:
         warnings.warn(f"{path}: {len(bad)} tensor(s) hold NaN or inf values: {_list(bad, 4)}", stacklevel=2)
@@ -268,7 +320,8 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, num_cla
         path=path, sha256=sha256_file(path), arch=arch, num_classes=num_classes, model=model,
         mode=str(meta.get("mode", "unknown")), dataset=str(meta.get("dataset", "unknown")),
         epoch=meta.get("epoch"), metrics=dict(meta.get("metrics") or {}), hparams=dict(meta.get("hparams") or {}),
-        masks=dict(masks), meta=meta, nonfinite=bad, bare=bare)
+        masks=dict(masks), meta=meta, nonfinite=bad, bare=bare, arch_kwargs=dict(kwargs or {}),
+        batch_stats_only=stats_missing)
 
 
 def export_safetensors(checkpoint: Checkpoint, path: str | os.PathLike) -> tuple[Path, list[str]]:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from rfprobe import __version__
 from rfprobe.errors import RfprobeError
-from rfprobe.loading import DataOptions, check_positive, each_checkpoint, load_one
+from rfprobe.loading import DataOptions, build_options, check_positive, each_checkpoint, load_one
 from rfprobe.options import Option, changed
 from rfprobe.passes import REGISTRY
 from rfprobe.passes.base import Pass
@@ -50,7 +50,8 @@ def parameter(option: Option, prefix: str = "") -> inspect.Parameter:
 
 CHECKPOINTS = inspect.Parameter("checkpoints", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
     list[Path], typer.Argument(help="checkpoint file(s): rfprobe .pt or .safetensors, or a bare state dict with --arch")])
-ArchOpt, NumClassesOpt, JsonOpt = (annotated(SHARED[n]) for n in ("arch", "num_classes", "json_out"))
+ArchOpt, NumClassesOpt, ArchKwargsOpt, InputShapeOpt, JsonOpt = (
+    annotated(SHARED[n]) for n in ("arch", "num_classes", "arch_kwargs", "input_shape", "json_out"))
 
 
 def data_options_of(p: Pass) -> tuple[Option, ...]:
@@ -131,16 +132,6 @@ def run_pass(pass_name: str, labels: list[str], measure, *, out: Path | None, pl
         console.print(f"{kind}: {where}", highlight=False)
 
 
-def measure_each(checkpoints: list[Path], labels: list[str], run_one, *, arch, num_classes, device,
-                 data_options: DataOptions | None = None, description: str = "",
-                 progress: bool = False, scores_labels: bool = False):
-    """`run_one(checkpoint, data)` for each checkpoint in turn (`each_checkpoint`), stacked on `checkpoint`."""
-    from rfprobe.results import stack
-
-    return stack([run_one(c, data) for c, data in each_checkpoint(
-        checkpoints, arch, num_classes, device, data_options, description, progress, scores_labels)], labels)
-
-
 # ---------------------------------------------------------------- info, export
 
 
@@ -149,13 +140,16 @@ def info(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint file")],
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    input_shape: InputShapeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Architecture, mode, epoch, metrics, parameter counts by group and the BN layers with their roles."""
+    """Architecture, mode, epoch, metrics, parameter counts by group, the normalisation layers (kind, axis,
+    role) and the activation sites."""
     from rfprobe.describe import describe
     from rfprobe.trainable import GROUPS
 
-    report = describe(load_one(checkpoint, arch, num_classes))
+    report = describe(load_one(checkpoint, arch, num_classes, **build_options(arch_kwargs, input_shape)))
     if json_out:
         print_json(report)
         return
@@ -182,12 +176,16 @@ def info(
         train = "-" if report["trainable"] is None else f"{report['trainable'][group]:,}"
         counts.add_row(group, f"{total:,}", train)
     console.print(counts)
-    layers = Table(title=f"BatchNorm layers ({len(report['bn_layers'])})")
-    for column in ("#", "layer", "stage", "block", "channels", "role"):
+    kinds = sorted({s["kind"] for s in report["norm_layers"]})
+    layers = Table(title=f"normalisation layers ({len(report['norm_layers'])}: {', '.join(kinds) or 'none'})")
+    for column in ("#", "layer", "kind", "axis", "stage", "block", "channels", "role"):
         layers.add_column(column, justify="right" if column in ("#", "stage", "block", "channels") else "left")
-    for bn in report["bn_layers"]:
-        layers.add_row(str(bn["depth"]), bn["name"], str(bn["stage"]), str(bn["block"]), str(bn["channels"]), bn["role"])
+    for s in report["norm_layers"]:
+        layers.add_row(str(s["depth"]), s["name"], s["kind"], s["axis"], str(s["stage"]), str(s["block"]),
+                       str(s["channels"]), s["role"])
     console.print(layers)
+    acts = sorted({s["kind"] for s in report["activations"]})
+    console.print(f"activation sites: {len(report['activations'])} ({', '.join(acts) or 'none'})", highlight=False)
 
 
 @app.command()
@@ -197,6 +195,8 @@ def archs(
     json_out: JsonOpt = False,
 ) -> None:
     """The architecture families rfprobe builds (for --arch, the trainer and fresh inits), with example names."""
+    from rich.markup import escape
+
     from rfprobe.models import architectures
 
     found = [a for a in architectures()
@@ -204,7 +204,7 @@ def archs(
     if not found:
         raise RfprobeError(f"no architecture family matches {pattern!r}; `rfprobe archs` lists them all")
     rows = [{"family": a.example, "description": a.description, "examples": list(a.names),
-             "build_options": list(a.options)} for a in found]
+             "build_options": list(a.options) if a.options is not None else ["any (--arch-kwargs)"]} for a in found]
     if json_out:
         print_json(rows)
         return
@@ -212,11 +212,14 @@ def archs(
     for column in ("family", "examples", "build options", "description"):
         table.add_column(column, overflow="fold", no_wrap=column == "family")
     for row in rows:
-        table.add_row(row["family"], ", ".join(row["examples"]), ", ".join(row["build_options"]) or "-",
-                      row["description"])
+        table.add_row(*(escape(cell) for cell in (row["family"], ", ".join(row["examples"]),
+                                                  ", ".join(row["build_options"]) or "-", row["description"])))
     console.print(table)
-    console.print("torchvision:<name> builds any model of torchvision.models.list_models() with its own init; "
-                  "--arch names the architecture of a bare state dict, e.g. --arch cifar_resnet_20", highlight=False)
+    console.print("torchvision:<name> and timm:<name> build any model of those libraries with their own init "
+                  "(timm: pip install 'rfprobe[timm]'); package.module:factory or path/to/file.py:factory calls a "
+                  "function of your own code; --arch-kwargs key=value,... passes keyword arguments and "
+                  "--input-shape 3,32,32 the input shape (docs/models.md). --arch names the architecture of a bare "
+                  "state dict, e.g. --arch cifar_resnet_20", highlight=False, markup=False)
 
 
 @app.command()
@@ -225,6 +228,8 @@ def export(
     out: Annotated[Path, typer.Argument(help="the .safetensors file to write")],
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    input_shape: InputShapeOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing .safetensors file")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -236,8 +241,9 @@ def export(
         raise RfprobeError(f"{out}: the export is a safetensors file; give a path ending in .safetensors")
     check_writable(out, overwrite, replaceable=lambda p: p.is_file() and not p.is_symlink(),
                    what="a safetensors file", option="OUT")
+    build = build_options(arch_kwargs, input_shape)
     check_files([checkpoint])
-    ckpt = load_one(checkpoint, arch, num_classes)
+    ckpt = load_one(checkpoint, arch, num_classes, **build)
     path, left_out = export_safetensors(ckpt, out)
     if json_out:
         print_json({"checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "written": str(path), "left_out": left_out})
@@ -267,23 +273,26 @@ def measure_pass(p: Pass, o: SimpleNamespace) -> None:
     from rfprobe.results import stack
 
     data_options = DataOptions.of(o) if p.data is not None else None
+    build = build_options(o.arch_kwargs, o.input_shape)
     options = p.validate(own_options(p, o), n_points=getattr(o, "limit", None))
     dev = resolve_device(o.device) if p.data is not None else "cpu"
     if p.prepare_models is not None:
         defaults, measure = p.prepare_models(o.models, options, data_options)
         labels = labels_for(o.models, o.label, defaults=defaults, what="model")
-        run_pass(p.name, labels, lambda: stack(measure(o.arch, o.num_classes, dev, sys.argv), labels), **_outputs(o))
+        run_pass(p.name, labels, lambda: stack(measure(o.arch, o.num_classes, dev, sys.argv, **build), labels),
+                 **_outputs(o))
         return
     labels = labels_for(o.checkpoints, o.label)
     reads = p.needs_data(options)
     run = {"command": sys.argv, "device": dev, "progress": not o.json_out,
-           "load": lambda path: load_one(path, o.arch, o.num_classes, device=dev),
+           "load": lambda path: load_one(path, o.arch, o.num_classes, device=dev, **build),
            **({"batch_size": o.batch_size} if reads else {})}
 
     def measure():
         results = [p.run(c, data, options, **run) for c, data in each_checkpoint(
             o.checkpoints, o.arch, o.num_classes, dev, data_options if reads else None, p.name,
-            progress=reads and not o.json_out, scores_labels=p.scores_labels)]
+            progress=reads and not o.json_out, scores_labels=p.scores_labels, build=build,
+            batch_size=getattr(o, "batch_size", None))]
         return stack(p.combine(results), labels)
 
     run_pass(p.name, labels, measure, files=o.checkpoints, **_outputs(o))

@@ -47,6 +47,8 @@ class Data:
     source: str
     normalization_source: str = "dataset default"
     """where `normalization` came from: the dataset's default, a checkpoint's record, an option"""
+    measurement: tuple = ()
+    """(name, value) pairs a result records of how the model was measured on it (rfprobe.normstats)"""
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -72,7 +74,7 @@ class Data:
 
     def normalization_attrs(self) -> dict[str, str]:
         """What a result records of the input normalisation (`normalization`, `_mean`, `_std`, `_source`)."""
-        return attrs(self.normalization, self.normalization_source)
+        return {**attrs(self.normalization, self.normalization_source), **dict(self.measurement)}
 
     def to(self, device: str | torch.device) -> "Data":
         return replace(self, x=self.x.to(device), y=self.y.to(device))

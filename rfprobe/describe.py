@@ -43,6 +43,11 @@ def describe(ckpt) -> dict:
         "parameters": {"total": sum(totals.values()), **totals},
         "trainable": None if trainable is None else {"total": sum(trainable.values()), **trainable},
         "nonfinite_tensors": ckpt.nonfinite,
-        "bn_layers": [{"name": s.name, "depth": s.depth, "stage": s.stage, "block": s.block,
-                       "channels": s.n_channels, "role": s.role} for s in sites.bn],
+        "arch_kwargs": dict(getattr(model, "rfprobe_arch_kwargs", {}) or {}),
+        "input_shape": list(getattr(model, "rfprobe_input_shape", ())),
+        "norm_layers": [{"name": s.name, "kind": s.kind, "axis": s.axis, "depth": s.depth, "stage": s.stage,
+                         "block": s.block, "channels": s.n_channels, "role": s.role, "running_stats": s.running_stats}
+                        for s in sites.norm],
+        "activations": [{"name": s.name, "kind": s.kind, "axis": s.axis, "channels": s.n_channels, "source": s.source}
+                        for s in sites.activations],
     }

@@ -17,13 +17,23 @@ def warn(message: str) -> None:
     print(f"rfprobe: warning: {message}", file=sys.stderr)
 
 
-def load_one(path: Path, arch: str | None = None, num_classes: int | None = None, device="cpu"):
+def build_options(arch_kwargs=None, input_shape=None) -> dict:
+    """`--arch-kwargs` / `--input-shape` (text, or a TOML table / list) parsed and checked before anything is
+    loaded: the keyword arguments `load_one` passes on to build the model (rfprobe.models.external)."""
+    from rfprobe.models.external import parse_arch_kwargs, parse_input_shape
+
+    return {"arch_kwargs": parse_arch_kwargs(arch_kwargs) or None, "input_shape": parse_input_shape(input_shape)}
+
+
+def load_one(path: Path, arch: str | None = None, num_classes: int | None = None, device="cpu", *,
+             arch_kwargs: dict | None = None, input_shape: tuple[int, ...] | None = None):
     """Load one checkpoint, turning NaN/inf warnings into one stderr line each (they are recorded too)."""
     from rfprobe.checkpoint import load_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes, device=device)
+        ckpt = load_checkpoint(path, arch=arch, num_classes=num_classes, device=device, arch_kwargs=arch_kwargs,
+                               input_shape=input_shape)
     for w in caught:
         warn(str(w.message))
     return ckpt
@@ -64,7 +74,8 @@ def check_head(checkpoint, data, explicit: bool) -> None:
 class DataOptions:
     """The data options, one typed value shared by the passes' commands, `rfprobe compare` (a study's
     `Request.data`) and the passes: which dataset and split, where it lives, how many examples, the input
-    normalisation override (`normalization`, or `mean`/`std`; None: each checkpoint's own), and `strict`.
+    normalisation override (`normalization`, or `mean`/`std`; None: each checkpoint's own), `strict`, and
+    which statistics BatchNorms normalise with (`norm_stats`, rfprobe.normstats).
     Validated when made, so a bad value is one line before anything is loaded; `load` reads the data,
     `for_checkpoint` normalises it for one checkpoint. `DataOptions.of(o)` takes them from a command's values."""
 
@@ -77,6 +88,7 @@ class DataOptions:
     mean: str | None = None
     std: str | None = None
     strict: bool = False
+    norm_stats: str = "running"
 
     @classmethod
     def of(cls, o: SimpleNamespace, **given) -> "DataOptions":
@@ -85,12 +97,13 @@ class DataOptions:
         check_positive(batch_size=getattr(o, "batch_size", None))
         values = dict(dataset=o.dataset, split=o.split, root=o.data_root, download=o.download,
                       limit=getattr(o, "limit", None), normalization=o.normalization, mean=o.mean, std=o.std,
-                      strict=getattr(o, "strict", False))
+                      strict=getattr(o, "strict", False), norm_stats=getattr(o, "norm_stats", None) or "running")
         return cls(**{**values, **given})
 
     def __post_init__(self):
         from rfprobe.data import check_dataset_name, check_split
         from rfprobe.normalization import from_options
+        from rfprobe.normstats import parse
 
         if self.root is not None:
             object.__setattr__(self, "root", str(self.root))
@@ -99,6 +112,7 @@ class DataOptions:
         check_split(self.split)
         check_positive(limit=self.limit)
         from_options(self.normalization, self.mean, self.std)
+        parse(self.norm_stats)
 
     @property
     def override(self):
@@ -122,31 +136,44 @@ class DataOptions:
         return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit,
                             strict=self.strict)
 
-    def for_checkpoint(self, checkpoint, data):
-        """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess."""
+    def for_checkpoint(self, checkpoint, data, batch_size: int | None = None, model=None):
+        """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess,
+        with the checkpoint's model (or `model`) put in the `norm_stats` mode for batches of `batch_size`
+        (rfprobe.normstats.apply; what it did is recorded with the data's normalisation attrs)."""
+        from dataclasses import replace as _replace
+
         from rfprobe.normalization import resolve
+        from rfprobe.normstats import apply
 
         if checkpoint is not None:
             warn_dataset_mismatch(checkpoint, data)
         resolved = resolve(checkpoint, data.name, self.override)
         if resolved.warning:
             warn(resolved.warning)
-        return data.with_normalization(resolved.normalization, resolved.source)
+        data = data.with_normalization(resolved.normalization, resolved.source)
+        model = model if model is not None else getattr(checkpoint, "model", None)
+        if model is None:
+            return data
+        measured = apply(model, self.norm_stats, data, batch_size,
+                         stats_missing=bool(getattr(checkpoint, "batch_stats_only", None)), note=note)
+        return _replace(data, measurement=tuple(measured.items()))
 
 
 def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,
-                    description: str = "", progress: bool = False, scores_labels: bool = False):
+                    description: str = "", progress: bool = False, scores_labels: bool = False,
+                    build: dict | None = None, batch_size: int | None = None):
     """Yield `(checkpoint, data)` one checkpoint at a time (memory bounded by one model), with `data` loaded
     once (`default_dataset(first checkpoint)` when `--dataset` is not given) and normalised for
     each checkpoint (`DataOptions.for_checkpoint`); `data` is None without `data_options`. With
-    `scores_labels` each model's head is checked against the dataset's classes (`check_head`)."""
+    `scores_labels` each model's head is checked against the dataset's classes (`check_head`). `build`:
+    `build_options` for the models; `batch_size`: the pass's (for `--norm-stats`)."""
     from rfprobe.progress import track
 
     data = None
     if data_options is not None and data_options.dataset is not None:
         data = data_options.load()
     for path in track(paths, len(paths), description, enabled=progress and len(paths) > 1):
-        ckpt = load_one(path, arch, num_classes, device)
+        ckpt = load_one(path, arch, num_classes, device, **(build or {}))
         if data_options is None:
             yield ckpt, None
             continue
@@ -154,7 +181,7 @@ def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: 
             data = data_options.load(default_dataset(ckpt))
         if scores_labels:
             check_head(ckpt, data, explicit=num_classes is not None)
-        yield ckpt, data_options.for_checkpoint(ckpt, data)
+        yield ckpt, data_options.for_checkpoint(ckpt, data, batch_size)
 
 
 def default_dataset(checkpoint) -> str:

@@ -33,11 +33,14 @@ ZARR_FORMAT = 2
 PER_CHECKPOINT = {"checkpoint": "checkpoint_path", "checkpoint_sha256": "checkpoint_sha256", "arch": "arch",
                   "mode": "mode", "epoch": "epoch", "nonfinite_tensors": "nonfinite_tensors",
                   "normalization": "normalization", "normalization_mean": "normalization_mean",
-                  "normalization_std": "normalization_std", "normalization_source": "normalization_source"}
+                  "normalization_std": "normalization_std", "normalization_source": "normalization_source",
+                  "norm_stats": "norm_stats", "arch_kwargs": "arch_kwargs"}
 JOINED_ATTRS = ("checkpoint", "checkpoint_sha256", "arch", "mode", "normalization", "normalization_mean",
-                "normalization_std", "normalization_source")
+                "normalization_std", "normalization_source", "norm_stats")
 """Per-checkpoint attrs that a stacked result keeps in its attrs too, one value per checkpoint joined by "; "."""
-LAYER_COORDS = ("depth", "stage", "block", "n_channels", "role", "source")
+LAYER_COORDS = {"depth": "depth", "stage": "stage", "block": "block", "n_channels": "n_channels", "role": "role",
+                "source": "source", "kind": "kind", "channel_axis": "axis", "running_stats": "running_stats"}
+"""per-layer coordinate -> the site attribute it holds (rfprobe.graph sites)"""
 
 
 def _attr_value(value: Any) -> str | int | float:
@@ -75,6 +78,8 @@ def provenance(pass_name: str, checkpoint=None, *, dataset: str | None = None, s
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(command if command is not None else sys.argv),
     }
+    if checkpoint is not None and getattr(checkpoint, "arch_kwargs", None):
+        attrs["arch_kwargs"] = json.dumps(checkpoint.arch_kwargs, sort_keys=True, default=str)
     attrs.update(definitions)
     return {k: _attr_value(v) for k, v in attrs.items()}
 
@@ -84,11 +89,11 @@ def layer_coords(sites, names: Sequence[str] | None = None) -> dict[str, tuple[s
     by_name = {s.name: s for s in sites}
     chosen = [by_name[n] for n in names] if names is not None else list(sites)
     coords = {"layer": ("layer", np.array([s.name for s in chosen], dtype=object))}
-    for field in LAYER_COORDS:
+    for name, field in LAYER_COORDS.items():
         if chosen and hasattr(chosen[0], field):
             values = [getattr(s, field) for s in chosen]
             dtype = object if isinstance(values[0], str) else np.int64
-            coords[field] = ("layer", np.array(values, dtype=dtype))
+            coords[name] = ("layer", np.array(values, dtype=dtype))
     return coords
 
 

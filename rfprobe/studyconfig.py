@@ -29,10 +29,17 @@ DATA_OPTIONS = (
     Option("std", None, "per-channel input std, e.g. 0.229,0.224,0.225 (with --mean)", type=Optional[str]),
     Option("device", "auto", "auto, cpu or cuda"),
     Option("strict", False, "refuse a CIFAR split with fewer examples than published (default: a warning line)"),
+    Option("norm_stats", "running", "BatchNorm statistics while measuring: running (eval mode), batch (each batch's "
+                                    "own, as Tent), recalibrate[:N] (recompute running statistics on the first N "
+                                    "batches first, as AdaBN; N default 10)"),
 )
 LOAD_OPTIONS = (
-    Option("arch", None, "architecture of a bare state dict, e.g. cifar_resnet_20, torchvision:resnet50", type=Optional[str]),
+    Option("arch", None, "architecture of a bare state dict: an rfprobe name (cifar_resnet_20), torchvision:NAME, "
+                         "timm:NAME, or your own package.module:factory (`rfprobe archs`)", type=Optional[str]),
     Option("num_classes", None, "classes of a bare state dict (default: rows of its last 2-D weight)", type=Optional[int]),
+    Option("arch_kwargs", None, "keyword arguments of the model's constructor, e.g. img_size=32,patch_size=4 "
+                                "(default: those the checkpoint records)", type=Optional[str]),
+    Option("input_shape", None, "one example's shape, e.g. 3,32,32 (default: the model's own config)", type=Optional[str]),
     Option("label", None, "label per checkpoint (default: run name or file stem)", type=Optional[list[str]]),
 )
 OUTPUT_OPTIONS = (
@@ -62,7 +69,7 @@ STUDY_OPTIONS = (
              dataset={"help": SHARED["dataset"].help + " (default: each checkpoint's own, else cifar10)"},
              limit={"help": "use the first N examples in every data pass (default: each pass's own; sparsity and "
                             "ablate all, partition 256)"}),
-    *LOAD_OPTIONS[:2],
+    *LOAD_OPTIONS[:4],
     SHARED["json_out"],
 )
 """`rfprobe compare`'s own and shared options; each pass's options follow, prefixed with its name"""
@@ -112,8 +119,10 @@ def flatten_study_config(settings: dict, where: str, inputs: bool = False) -> di
                 raise RfprobeError(f"{where}: input must be [[input]] tables")
             flat["input_tables"] = value
         elif key in study:
-            value = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs") else value
-            check_type(study[key], value, where)
+            value = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs", "input_shape") \
+                else value
+            if not (key == "arch_kwargs" and isinstance(value, dict)):  # a TOML table of keyword arguments
+                check_type(study[key], value, where)
             flat[key] = value
         else:
             raise RfprobeError(f"{where}: unknown setting {key!r}")
@@ -157,6 +166,9 @@ def study_request(o: SimpleNamespace):
         if "batch_size" in own:
             given = getattr(o, f"{name}_batch_size")
             batch_sizes[name] = given if given is not None else own["batch_size"]
+    from rfprobe.loading import build_options
+
+    build = build_options(getattr(o, "arch_kwargs", None), getattr(o, "input_shape", None))
     return Request(passes=passes, options=options, data=DataOptions.of(o, limit=None),
                    limits=limits, batch_sizes=batch_sizes, device=o.device, arch=o.arch, num_classes=o.num_classes,
-                   command=list(sys.argv))
+                   arch_kwargs=build["arch_kwargs"], input_shape=build["input_shape"], command=list(sys.argv))

@@ -5,7 +5,10 @@ Shared by the trainer (`train/`) and `rfprobe info`.
 | mode       | trains                                                                                 |
 | ---------- | -------------------------------------------------------------------------------------- |
 | all        | every parameter                                                                        |
-| bn         | gamma and beta of every BN (shortcut BNs included)                                     |
+| bn         | gamma and beta of every BatchNorm (shortcut BNs included); refused on a net without BN  |
+| norm       | gamma and beta of every normalisation layer, whatever its kind (BN, GroupNorm,          |
+|            | LayerNorm, RMSNorm, InstanceNorm; rfprobe.graph.norm_kind)                             |
+| norm+output| norm plus the output layer                                                             |
 | gamma/beta | only gamma / only beta of every BN                                                     |
 | bn+output  | bn plus the output layer (the last Linear in forward order)                            |
 | output     | the output layer only                                                                  |
@@ -24,11 +27,11 @@ import torch
 import torch.nn as nn
 
 from rfprobe.errors import RfprobeError
-from rfprobe.graph import BN_TYPES, WEIGHT_TYPES, Sites, find_sites
+from rfprobe.graph import WEIGHT_TYPES, Sites, find_sites, norm_kind
 
-MODES = ("all", "bn", "bn+output", "output", "none", "gamma", "beta", "random")
+MODES = ("all", "bn", "bn+output", "norm", "norm+output", "output", "none", "gamma", "beta", "random")
 ALSO = ("shortcut", "output")
-GROUPS = ("bn", "output", "other")
+GROUPS = ("bn", "norm", "output", "other")
 
 
 @dataclass
@@ -51,14 +54,17 @@ class Trainable:
 
 
 def parameter_groups(model: nn.Module, sites: Sites | None = None) -> dict[str, str]:
-    """Map every parameter name to `bn` (a BN's gamma/beta), `output` (the last Linear), or `other`."""
+    """Map every parameter name to `bn` (a BatchNorm's gamma/beta), `norm` (another normalisation layer's),
+    `output` (the last Linear), or `other`."""
     sites = sites or find_sites(model)
-    bn_modules = {name for name, m in model.named_modules() if isinstance(m, BN_TYPES)}
+    kinds = {name: norm_kind(m) for name, m in model.named_modules()}
     groups = {}
     for name, _ in model.named_parameters():
         owner = name.rpartition(".")[0]
-        if owner in bn_modules:
+        if kinds.get(owner) in ("batchnorm", "frozen_batchnorm"):
             groups[name] = "bn"
+        elif kinds.get(owner) is not None:
+            groups[name] = "norm"
         elif sites.output_layer is not None and owner == sites.output_layer:
             groups[name] = "output"
         else:
@@ -97,7 +103,12 @@ def select(model: nn.Module, mode: str, *, also: tuple[str, ...] = (), k: int = 
     groups = parameter_groups(model, sites)
     if mode in ("bn", "bn+output", "gamma", "beta") and "bn" not in groups.values():
         arch = getattr(model, "rfprobe_arch", type(model).__name__)
-        raise RfprobeError(f"mode {mode} trains BatchNorm parameters, but {arch} has no BatchNorm layers")
+        raise RfprobeError(f"mode {mode} trains BatchNorm parameters, but {arch} has no BatchNorm layers "
+                           "(mode norm trains every normalisation layer's)")
+    if mode in ("norm", "norm+output") and not {"bn", "norm"} & set(groups.values()):
+        arch = getattr(model, "rfprobe_arch", type(model).__name__)
+        raise RfprobeError(f"mode {mode} trains normalisation parameters, but {arch} has no trainable normalisation "
+                           "layers")
     names = [n for n, _ in model.named_parameters()]
     chosen: list[str]
     element_masks: dict[str, torch.Tensor] = {}
@@ -109,7 +120,8 @@ def select(model: nn.Module, mode: str, *, also: tuple[str, ...] = (), k: int = 
         element_masks = dict(masks) if masks else random_masks(model, k, generator)
         chosen = [n for n in names if n in element_masks]
     else:
-        wanted = {"bn": {"bn"}, "bn+output": {"bn", "output"}, "output": {"output"}, "gamma": {"bn"}, "beta": {"bn"}}[mode]
+        wanted = {"bn": {"bn"}, "bn+output": {"bn", "output"}, "norm": {"bn", "norm"},
+                  "norm+output": {"bn", "norm", "output"}, "output": {"output"}, "gamma": {"bn"}, "beta": {"bn"}}[mode]
         chosen = [n for n in names if groups[n] in wanted]
         if mode == "gamma":
             chosen = [n for n in chosen if n.endswith("weight")]

@@ -99,7 +99,7 @@ def test_degenerate_range_and_bad_bins():
 
 
 def test_no_bn_model_is_refused():
-    with pytest.raises(RfprobeError, match="has no BatchNorm layers"):
+    with pytest.raises(RfprobeError, match="has no normalisation layers"):
         affine.run(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()))
 
 

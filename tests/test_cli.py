@@ -32,14 +32,14 @@ def test_info_json(ckpt):
     report = json.loads(result.stdout)
     assert report["arch"] == "cifar_resnet_8" and report["mode"] == "bn" and report["epoch"] == 2
     assert report["metrics"] == {"test_acc": 0.42}
-    bn = sum(2 * layer["channels"] for layer in report["bn_layers"])
-    assert report["parameters"]["bn"] == bn and report["trainable"] == {"total": bn, "bn": bn, "output": 0, "other": 0}
-    assert [layer["role"] for layer in report["bn_layers"]][:3] == ["relu", "relu", "residual"]
+    bn = sum(2 * layer["channels"] for layer in report["norm_layers"])
+    assert report["parameters"]["bn"] == bn and report["trainable"] == {"total": bn, "bn": bn, "norm": 0, "output": 0, "other": 0}
+    assert [layer["role"] for layer in report["norm_layers"]][:3] == ["relu", "relu", "residual"]
 
 
 def test_info_table(ckpt):
     result = rfprobe("info", ckpt)
-    assert result.returncode == 0 and "BatchNorm layers" in result.stdout and "shortcut" in result.stdout
+    assert result.returncode == 0 and "normalisation layers" in result.stdout and "shortcut" in result.stdout
 
 
 def test_bad_inputs_one_line_exit_2(tmp_path, ckpt, cli_error):

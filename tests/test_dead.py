@@ -162,7 +162,7 @@ def test_cli_bad_input_one_line_exit_2(two_runs, tmp_path, capsys):
     cases = [
         ((tmp_path / "junk.pt",), "not a PyTorch checkpoint"),
         ((two_runs[0], "--out", tmp_path / "exists.zarr"), "exists"),
-        ((tmp_path / "nobn.pt", "--out", tmp_path / "n.zarr"), "has no BatchNorm layers"),
+        ((tmp_path / "nobn.pt", "--out", tmp_path / "n.zarr"), "has no normalisation layers"),
         ((two_runs[0], "--threshold", "0", "--out", tmp_path / "t.zarr"), "--threshold"),
         ((two_runs[0], "--label", "a", "--label", "b", "--out", tmp_path / "l.zarr"), "--label"),
     ]

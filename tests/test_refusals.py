@@ -273,17 +273,17 @@ def test_an_internal_bug_while_tracing_is_not_reported_as_bad_input(monkeypatch)
 
     from rfprobe.graph import sites
 
-    def broken(model):
+    def broken(self, model):
         raise ZeroDivisionError("a bug inside rfprobe")
 
-    monkeypatch.setattr(fx, "symbolic_trace", broken)
+    monkeypatch.setattr(sites._Tracer, "trace", broken)
     with pytest.raises(ZeroDivisionError, match="a bug inside rfprobe"):
         sites.trace(build_model("cifar_resnet_8_4", 10, seed=0))
 
-    def untraceable(model):
+    def untraceable(self, model):
         raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
 
-    monkeypatch.setattr(fx, "symbolic_trace", untraceable)
+    monkeypatch.setattr(sites._Tracer, "trace", untraceable)
     with pytest.raises(RfprobeError, match="cannot trace"):
         sites.trace(build_model("cifar_resnet_8_4", 10, seed=0))
 

@@ -34,7 +34,7 @@ def _parameter(f) -> inspect.Parameter:
         annotation = Annotated[Optional[str], typer.Argument(help=help, show_default=False)]
     elif cli == "flag":
         annotation = Annotated[bool, typer.Option(f"{_flag(f.name)}/--no-{f.name.replace('_', '-')}", help=help)]
-    elif cli == "comma":
+    elif cli in ("comma", "kwargs"):
         annotation = Annotated[Optional[str], typer.Option(_flag(f.name), help=help)]
         default = None
     elif cli == "repeat":
@@ -52,6 +52,10 @@ def _from_command_line(name: str, value):
         return tuple(f.metadata["parse"](v) for v in parse_values(value, _flag(name)))
     if f.metadata["cli"] == "repeat" and value is not None:
         return tuple(value)
+    if f.metadata["cli"] == "kwargs" and value is not None:
+        from rfprobe.models.external import parse_arch_kwargs
+
+        return parse_arch_kwargs(value)
     return value
 
 

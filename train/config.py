@@ -46,9 +46,16 @@ class Config:
     type, default, help), `--config FILE.toml` reads the same names, and the run directory keeps the resolved
     values as config.toml."""
 
-    arch: str = option(None, "architecture, e.g. cifar_resnet_20, cifar_resnet_14_64, cifar_vgg_16, mlp_3x64",
+    arch: str = option(None, "architecture, e.g. cifar_resnet_20, cifar_resnet_14_64, cifar_vgg_16, mlp_3x64, "
+                             "torchvision:resnet18, timm:vit_tiny_patch16_224, or your own package.module:factory",
                        training=True)
-    mode: str = option("all", "all, bn, bn+output, output, none, gamma, beta, random", training=True)
+    arch_kwargs: dict | None = option(None, "keyword arguments of the model's constructor, e.g. img_size=32,patch_size=4 "
+                                            "(a table in --config)", training=True, cli="kwargs")
+    input_shape: tuple[int, ...] | None = option(None, "one example's shape for a model from outside rfprobe, e.g. "
+                                                       "3,32,32 (default: the dataset's)", training=True, cli="comma",
+                                                 parse=int)
+    mode: str = option("all", "all, bn, bn+output, norm (every normalisation layer's gamma/beta), norm+output, output, "
+                              "none, gamma, beta, random", training=True)
     dataset: str = option("cifar10", "cifar10, cifar100, synthetic, toy2d[:kind]", training=True)
     data_root: str | None = option(None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)")
     download: bool = option(False, "download CIFAR through torchvision if missing", cli="flag")
@@ -142,9 +149,9 @@ class Config:
         return from_options(self.normalization, self.mean, self.std) or for_dataset(self.dataset)
 
     def model_options(self) -> dict:
-        """Build options passed to `build_model` (only those set)."""
-        return {k: v for k, v in (("bn_init", self.bn_init), ("skip_init_gain", self.skip_init_gain),
-                                  ("dropout", self.dropout)) if v is not None}
+        """Build options passed to `build_model` (only those set): `--arch-kwargs` and the named ones."""
+        return {**(self.arch_kwargs or {}), **{k: v for k, v in (
+            ("bn_init", self.bn_init), ("skip_init_gain", self.skip_init_gain), ("dropout", self.dropout)) if v is not None}}
 
     def output_dir(self) -> Path:
         """`--out`, else runs/<arch>_<mode>_<dataset>_s<seed> (the run is named by what it trains)."""
@@ -152,7 +159,8 @@ class Config:
             return Path(self.out)
         mode = self.mode.replace("+", "-") + (f"-k{self.random_k}" if self.mode == "random" else "")
         also = "".join(f"+{a}" for a in self.also)
-        return Path("runs") / f"{self.arch}_{mode}{also}_{self.dataset.replace(':', '-')}_s{self.seed}"
+        arch = self.arch.replace(":", "-").replace("/", "-")
+        return Path("runs") / f"{arch}_{mode}{also}_{self.dataset.replace(':', '-')}_s{self.seed}"
 
     def schedule(self) -> str:
         """The learning-rate schedule in words, e.g. `lr 0.1 for epochs 1-2, 0.001 for epoch 3` (epochs counted
@@ -244,6 +252,9 @@ def _toml_value(value) -> str:
         return str(value)
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k) if not k.isidentifier() else k} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
 
 
@@ -263,6 +274,6 @@ def to_toml(config: Config) -> str:
 def _options_of(arch: str) -> tuple[str, ...]:
     """The build options of `arch`, () for a name the registry does not know (validate() reports it)."""
     try:
-        return architecture_options(arch)
+        return architecture_options(arch) or ()
     except RfprobeError:
         return ()

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rfprobe.checkpoint import load_checkpoint, save_checkpoint
 from rfprobe.data import Data, load_dataset
 from rfprobe.errors import RfprobeError
-from rfprobe.models import build_model
+from rfprobe.models import architecture_options, build_model
 from rfprobe.normalization import Normalization
 from rfprobe.trainable import Trainable, apply, select
 from train import distributed, rundir
@@ -108,7 +109,9 @@ def _resume_point(config: Config, ctx: distributed.Context, out: Path):
     source = rundir.resume_point(out) if config.resume and out.exists() else None
     if source is None:
         return None, None
-    ckpt = load_checkpoint(source)
+    from rfprobe.models.external import is_user_code
+
+    ckpt = load_checkpoint(source, arch=config.arch if is_user_code(config.arch) else None)  # named by the user
     diffs = config.differences(ckpt.hparams)
     if diffs:
         raise RfprobeError(f"--resume {out}: settings differ from the recorded run: {'; '.join(diffs)}")
@@ -117,6 +120,17 @@ def _resume_point(config: Config, ctx: distributed.Context, out: Path):
         raise RfprobeError(f"--resume {out}: the run was trained on {recorded}; resume it on {recorded} "
                            f"(the data generator's state is device-specific)")
     return source, ckpt
+
+
+CPU_CHANNELS_LAST_MIN_WIDTH = 8
+"""narrower convs train NCHW on the CPU: torch 2.14.1's oneDNN channels_last backward aborts with heap corruption
+("free(): invalid next size") for 4- and 6-channel convs on an AMD EPYC (8 and more ran clean)"""
+
+
+def narrowest_conv(model: nn.Module) -> int:
+    """The fewest output channels of any conv layer of `model` (a large number when it has none)."""
+    widths = [m.out_channels for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    return min(widths, default=1 << 30)
 
 
 def _build(config: Config, ctx: distributed.Context, out: Path, source: Path | None, ckpt) -> Run:
@@ -132,7 +146,10 @@ def _build(config: Config, ctx: distributed.Context, out: Path, source: Path | N
     normalization = config.input_normalization()
     train_data, test_data = (d.with_normalization(normalization) for d in _load_data(config, ctx))
     num_classes = len(train_data.classes)
-    model = build_model(config.arch, num_classes, seed=config.seed, **config.model_options())
+    example_shape = tuple(train_data.x.shape[1:])
+    outside = architecture_options(config.arch) is None  # torchvision, timm, user code: any input size they take
+    model = build_model(config.arch, num_classes, seed=config.seed,
+                        input_shape=config.input_shape or (example_shape if outside else None), **config.model_options())
     if tuple(model.rfprobe_input_shape) != tuple(train_data.x.shape[1:]):
         raise RfprobeError(f"{config.arch} takes inputs of shape {tuple(model.rfprobe_input_shape)}, but {config.dataset} "
                            f"examples have shape {tuple(train_data.x.shape[1:])}")
@@ -146,6 +163,8 @@ def _build(config: Config, ctx: distributed.Context, out: Path, source: Path | N
         model.load_state_dict(ckpt.model.state_dict())
     apply(model, trainable)
     model.to(device)
+    if channels_last and not cuda and narrowest_conv(model) < CPU_CHANNELS_LAST_MIN_WIDTH:
+        channels_last = False  # said in the run's summary line
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if config.sync_bn and ctx.world > 1:
@@ -198,6 +217,7 @@ def _loop(config: Config, ctx: distributed.Context, run: Run) -> None:
     total = sum(p.numel() for p in model.parameters())
     _say(ctx, f"{config.arch} mode {config.mode}: {run.trainable.count(model):,} of {total:,} parameters train; "
               f"{len(run.train_data)} train / {len(run.test_data)} test {config.dataset} examples; {run.device}"
+              f"{' (NCHW: channels_last corrupts memory with convs under 8 channels on the CPU)' if config.channels_last and not run.channels_last else ''}"
               f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}; {out}"
               f"{f' (resumed at epoch {run.start})' if run.resumed else ''}; {config.schedule()}")
     training = config.mode != "none"

@@ -1,9 +1,12 @@
-"""The graph of a model, read by tracing it with torch.fx: its BatchNorm sites (with depth, stage, block,
-channels and role), ReLU sites and residual additions (`sites`). Every pass finds what it measures here;
-this is the layer that grows to other normalisation and activation layers."""
+"""The graph of a model, read by tracing it with torch.fx (`sites`): its normalisation layers (kind, axis,
+depth, stage, block, channels, role), activation sites (kind, axis) and residual additions. Every pass finds
+what it measures here."""
 
-from rfprobe.graph.sites import (BN_TYPES, WEIGHT_TYPES, AddSite, BNSite, ReluSite, Sites, enclosing_module,
-                                 find_sites, trace)
+from rfprobe.graph.sites import (ACTIVATION_KINDS, BATCHNORM_KINDS, BN_TYPES, NORM_KINDS, WEIGHT_TYPES,
+                                 ZERO_OUTPUT_KINDS, ActivationSite, AddSite, BNSite, NormSite, ReluSite, Sites,
+                                 activation_kind, affine_parameters, enclosing_module, find_sites, keeps_running_stats,
+                                 norm_kind, trace)
 
-__all__ = ["BN_TYPES", "WEIGHT_TYPES", "AddSite", "BNSite", "ReluSite", "Sites", "enclosing_module", "find_sites",
-           "trace"]
+__all__ = ["ACTIVATION_KINDS", "BATCHNORM_KINDS", "BN_TYPES", "NORM_KINDS", "WEIGHT_TYPES", "ZERO_OUTPUT_KINDS",
+           "ActivationSite", "AddSite", "BNSite", "NormSite", "ReluSite", "Sites", "activation_kind",
+           "affine_parameters", "enclosing_module", "find_sites", "keeps_running_stats", "norm_kind", "trace"]

@@ -1,10 +1,12 @@
 """Model registry: every architecture is built from one string by `build_model`.
 
 Names: `cifar_resnet_N[_W]`, `cifar_preact_resnet_N[_W]`, `cifar_vgg_{11,13,16,19}`, `mlp_DxW[_nobn]`,
-`nf_resnet_N[_W]`, `nf_he_resnet_N[_W]`, `torchvision:<name>` (`rfprobe archs` lists them), plus whatever
+`nf_resnet_N[_W]`, `nf_he_resnet_N[_W]` (rfprobe's own), `torchvision:<name>`, `timm:<name>` and a user's own
+factory `package.module:function` or `path/to/file.py:function` (`rfprobe.models.external`), plus whatever
 other modules add with `register`; exactly one family's pattern may match a name, and each family says the
-(depth, width) its names give (`architecture_shape`). Each built model carries `rfprobe_arch` (its name) and
-`rfprobe_input_shape` (one example's shape) so passes can trace it with a dummy input.
+(depth, width) its names give (`architecture_shape`). Each built model carries `rfprobe_arch` (its name),
+`rfprobe_arch_kwargs` (the keyword arguments it was built with) and `rfprobe_input_shape` (one example's
+shape) so passes can trace it with a dummy input.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ class Architecture:
     description: str
     build: Callable[..., nn.Module]
     input_shape: Callable[[re.Match, dict], tuple[int, ...]]
-    options: tuple[str, ...]
-    """the build options it takes (`bn_init` for the OpenLTH-initialised models); anything else is refused"""
+    options: tuple[str, ...] | None
+    """the build options it takes (`bn_init` for the OpenLTH-initialised models); anything else is refused.
+    None: any keyword argument, passed to a constructor rfprobe does not own (torchvision, timm, user code)"""
     shape: Callable[[re.Match], tuple[int, int]] = _no_shape
     """(depth, width) the name gives: depth in layers as the family counts it, width of the first stage / layer"""
     names: tuple[str, ...] = ()
@@ -52,7 +55,8 @@ def register(pattern: str, example: str, description: str, input_shape=lambda m,
     `pattern`; `options` names the build options it takes, `shape(match)` its (depth, width)."""
 
     def wrap(build):
-        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape, tuple(options), shape,
+        _REGISTRY.append(Architecture(pattern, example, description, build, input_shape,
+                                      None if options is None else tuple(options), shape,
                                       tuple(names)))
         return build
 
@@ -106,14 +110,17 @@ def init_openlth_(model: nn.Module, bn_init: str = "uniform") -> None:
                 module.bias.fill_(1.0 if bn_init == "oneone" else 0.0)
 
 
-def architecture_options(name: str) -> tuple[str, ...]:
-    """The build options architecture `name` takes (e.g. ("bn_init",), ("skip_init_gain", "dropout"))."""
+def architecture_options(name: str) -> tuple[str, ...] | None:
+    """The build options architecture `name` takes (e.g. ("bn_init",), ("skip_init_gain", "dropout")); None for
+    a constructor outside rfprobe, which takes whatever keyword arguments it declares."""
     return _lookup(name)[0].options
 
 
 def check_build_options(name: str, options: dict) -> None:
     """Refuse (one line) an unknown architecture, an option it does not take, an unknown `bn_init`."""
     taken = architecture_options(name)
+    if taken is None:
+        return
     ignored = sorted(set(options) - set(taken))
     if ignored:
         takes = f"it takes {', '.join(taken)}" if taken else "it takes no build options"
@@ -127,13 +134,15 @@ def check_bn_init(bn_init: str | None) -> None:
         raise RfprobeError(f"unknown --bn-init {bn_init!r}; choose one of {', '.join(BN_INITS)}")
 
 
-def build_model(name: str, num_classes: int = 10, *, seed: int | None = None, **options) -> nn.Module:
+def build_model(name: str, num_classes: int = 10, *, seed: int | None = None,
+                input_shape: tuple[int, ...] | None = None, **options) -> nn.Module:
     """Build the architecture `name` with `num_classes` outputs at its initialisation.
 
     `seed` makes the initialisation reproducible without touching the global RNG. `options` are the
-    architecture's build options: `bn_init` (uniform, OpenLTH's default; fixed; oneone; positivenegative) for
-    the OpenLTH-initialised models, `skip_init_gain` / `dropout` for nf_* models; an option the architecture
-    does not take is refused (torchvision models keep torchvision's own init and take none)."""
+    architecture's build options (`--arch-kwargs`): `bn_init` (uniform, OpenLTH's default; fixed; oneone;
+    positivenegative) for the OpenLTH-initialised models, `skip_init_gain` / `dropout` for nf_* models (an
+    option the architecture does not take is refused); for torchvision, timm and user factories, keyword
+    arguments of their constructor. `input_shape` (one example's shape) overrides the family's own."""
     check_build_options(name, options)
     arch, match = _lookup(name)
     with torch.random.fork_rng(devices=[]):
@@ -141,10 +150,17 @@ def build_model(name: str, num_classes: int = 10, *, seed: int | None = None, **
             torch.manual_seed(seed)
         try:
             model = arch.build(match, num_classes, **options)
-        except ValueError as e:
-            raise RfprobeError(f"{name}: {e}") from None
+        except (ValueError, TypeError) as e:
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise RfprobeError(f"{name}: {first}") from None
+    if not isinstance(model, nn.Module):
+        raise RfprobeError(f"{name}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     model.rfprobe_arch = name
-    model.rfprobe_input_shape = tuple(arch.input_shape(match, options))
+    model.rfprobe_arch_kwargs = dict(options)
+    shape = input_shape or getattr(model, "rfprobe_input_shape", None) or arch.input_shape(match, options)
+    if shape is None:
+        raise RfprobeError(f"{name}: the model does not say what input it takes; pass --input-shape (e.g. 3,32,32)")
+    model.rfprobe_input_shape = tuple(int(d) for d in shape)
     return model
 
 
@@ -179,17 +195,6 @@ def _mlp(m, num_classes, bn_init="uniform", in_features=2):
     model = MLP(int(m.group(1)), int(m.group(2)), num_classes, in_features)
     init_openlth_(model, bn_init)
     return model
-
-
-@register(r"torchvision:(\w+)", "torchvision:<name>", "a torchvision ImageNet model, e.g. torchvision:resnet18",
-          input_shape=lambda m, options: (3, 224, 224), options=(), names=("torchvision:resnet18",))
-def _torchvision(m, num_classes):
-    import torchvision
-
-    try:
-        return torchvision.models.get_model(m.group(1), weights=None, num_classes=num_classes)
-    except ValueError:
-        raise ValueError(f"torchvision has no model {m.group(1)!r}; see torchvision.models.list_models()") from None
 
 
 def _nf_resnet(m, num_classes, *, standardize, skip_init_gain=0.0, dropout=0.0):
@@ -250,3 +255,6 @@ def _mlp_nobn(m, num_classes, in_features=2):
     model.layers = nn.Sequential(*[_PlainHiddenLayer(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
     init_openlth_(model)
     return model
+
+
+from rfprobe.models import external  # noqa: E402,F401  (registers torchvision:, timm: and user factories)

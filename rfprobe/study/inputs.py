@@ -18,7 +18,8 @@ TRAJECTORY_FILE = re.compile(r"epoch_(\d+)\.pt$")
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-INPUT_KEYS = ("path", "label", "arch", "num_classes", "mode", "epoch", "seed", "run", "normalization", "dataset")
+INPUT_KEYS = ("path", "label", "arch", "num_classes", "mode", "epoch", "seed", "run", "normalization", "dataset",
+              "arch_kwargs", "input_shape")
 """the keys of an `[[input]]` table (`--inputs`) that rfprobe reads; any other key is a user coordinate"""
 
 
@@ -35,10 +36,13 @@ class Entry:
     num_classes: int | None = None
     given: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
+    """`arch_kwargs` / `input_shape` to build its model (rfprobe.loading.build_options)"""
 
     def describes(self) -> dict:
         """What the study was told about this checkpoint beside its file (recorded in checkpoint.json)."""
-        return {"arch": self.arch, "num_classes": self.num_classes, "given": self.given, "extra": self.extra}
+        return {"arch": self.arch, "num_classes": self.num_classes, "given": self.given, "extra": self.extra,
+                **({"build": self.build} if self.build else {})}
 
 
 def parse_epochs(text: str | None) -> str | tuple[int, ...] | None:
@@ -140,8 +144,12 @@ def _input_entries(base: Path, table: dict, where: str, epochs) -> list[tuple[Pa
     from rfprobe.models import architecture_options
     from rfprobe.normalization import from_options
 
+    from rfprobe.loading import build_options
+
     types = {"path": str, "label": str, "arch": str, "num_classes": int, "mode": str, "epoch": int, "seed": int,
              "run": str, "normalization": str, "dataset": str}
+    build = build_options(table.get("arch_kwargs"), table.get("input_shape"))
+    table = {k: v for k, v in table.items() if k not in ("arch_kwargs", "input_shape")}
     if "path" not in table:
         raise RfprobeError(f"{where}: an [[input]] table without path")
     for key, value in table.items():
@@ -167,6 +175,7 @@ def _input_entries(base: Path, table: dict, where: str, epochs) -> list[tuple[Pa
         raise RfprobeError(f"{where}: epoch = {table['epoch']} names one checkpoint, but {path} expands to {len(found)}")
     if "label" in table and len(found) > 1:
         raise RfprobeError(f"{where}: label = {table['label']!r} names one checkpoint, but {path} expands to {len(found)}")
+    table = {**table, **{k: v for k, v in build.items() if v is not None}}
     return [(e.path, table.get("label", e.label), table.get("run", e.run), table) for e in found]
 
 
@@ -184,6 +193,7 @@ def expand_all(inputs: Iterable[str], tables: list[tuple[Path, dict]] = (),
         raise RfprobeError("no checkpoints to compare")
     labels = unique_labels([label.replace(os.sep, "_") for _, label, _, _ in found])
     return [Entry(path, label, run, arch=table.get("arch"), num_classes=table.get("num_classes"),
+                  build={k: table[k] for k in ("arch_kwargs", "input_shape") if k in table},
                   given={k: table[k] for k in ("mode", "epoch", "seed", "normalization", "dataset") if k in table},
                   extra={k: v for k, v in table.items() if k not in INPUT_KEYS})
             for (path, _, run, table), label in zip(found, labels)]

@@ -26,7 +26,16 @@ class Request:
     device: str = "auto"
     arch: str | None = None
     num_classes: int | None = None
+    arch_kwargs: dict | None = None
+    input_shape: tuple[int, ...] | None = None
     command: list[str] = field(default_factory=list)
+
+    def build(self, entry: Entry | None = None) -> dict:
+        """How a checkpoint's model is built (`load_one`'s arch_kwargs / input_shape): the entry's `[[input]]`
+        table first, then the command's options."""
+        entry_build = entry.build if entry is not None else {}
+        return {"arch_kwargs": entry_build.get("arch_kwargs") or self.arch_kwargs,
+                "input_shape": entry_build.get("input_shape") or self.input_shape}
 
     def reads_data(self, pass_name: str) -> bool:
         """Whether the pass with this request's options measures data (`Pass.needs_data`)."""
@@ -44,11 +53,11 @@ class Request:
         decided = {"pass": pass_name, "pass_version": REGISTRY[pass_name].version,
                    "options": self.options[pass_name], "rfprobe_version": __version__,
                    "arch": entry.arch or self.arch, "num_classes": entry.num_classes or self.num_classes,
-                   "given": entry.given}
+                   "given": entry.given, **{k: v for k, v in self.build(entry).items() if v is not None}}
         if self.reads_data(pass_name):
             normalization = entry.given.get("normalization")
             data = self.data
-            decided.update(dataset=entry.given.get("dataset") or data.dataset, split=data.split,
+            decided.update(dataset=entry.given.get("dataset") or data.dataset, split=data.split, norm_stats=data.norm_stats,
                            data_root=data.resolved_root(), normalization=normalization or data.normalization,
                            mean=None if normalization else data.mean, std=None if normalization else data.std,
                            limit=self.limits.get(pass_name), batch_size=self.batch_sizes.get(pass_name),

@@ -88,7 +88,7 @@ def _data_for(request: Request, pass_name: str, ckpt, entry: Entry | None = None
         from rfprobe.loading import check_head
 
         check_head(ckpt, data, explicit=bool(entry is not None and entry.num_classes or request.num_classes))
-    return options.for_checkpoint(ckpt, data)
+    return options.for_checkpoint(ckpt, data, request.batch_sizes.get(pass_name))
 
 
 def _record_current(path: Path, sha256: str, entry: Entry) -> bool:
@@ -132,7 +132,8 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
     if not todo and _record_current(record_path, sha, entry):
         return status
     arch, num_classes = entry.arch or request.arch, entry.num_classes or request.num_classes
-    ckpt = load_one(entry.path, arch, num_classes, device=device)
+    build = request.build(entry)
+    ckpt = load_one(entry.path, arch, num_classes, device=device, **build)
     apply_given(entry, ckpt)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(record_path) as tmp:
@@ -141,7 +142,7 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
         data = _data_for(request, name, ckpt, entry) if request.reads_data(name) else None
         ds = REGISTRY[name].run(ckpt, data, request.options[name], batch_size=request.batch_sizes.get(name, 500),
                                 device=device, command=request.command, progress=False,
-                                load=lambda path: load_one(path, arch, num_classes, device=device))
+                                load=lambda path: load_one(path, arch, num_classes, device=device, **build))
         ds.attrs["study_fingerprint"] = fingerprints[name]
         save_result(stack([ds], [entry.label]), store_path(out, entry.label, name), overwrite=True)
         status[name] = "computed"

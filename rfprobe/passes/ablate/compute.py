@@ -1,12 +1,17 @@
-"""Ablation of BN channels by |gamma|, with controls, and re-enabling the channels training disabled.
+"""Ablation of normalisation channels by |gamma|, with controls, and re-enabling the channels training disabled.
+
+Every normalisation kind is ablated alike (`rfprobe.graph`): a channel (BatchNorm, GroupNorm, LayerNorm2d,
+InstanceNorm) or a feature (LayerNorm, RMSNorm over the last dimension) gets gamma = 0 and beta = 0, so its
+output is 0 (beta where beta is kept; RMSNorm has no beta). The `largest` variant is the matching control for
+outlier dimensions: the largest-|gamma| channels zeroed.
 
 Every variant edits the affine parameters of a private copy of the model (`copy.deepcopy`), restored from
 the original values after each evaluation, so neither the caller's model nor any file changes. Accuracy
 and mean cross-entropy (natural log) are measured on the eval data with BN in eval mode.
 
-Channels considered ("eligible") are those of the BN layers chosen by `eligible`:
-`all` (every BN, shortcut BNs included: the population the paper's ~27-33% disabled count is taken over),
-`no-shortcut` (every BN but the projection shortcuts' BNs), `relu` (only BNs that feed a ReLU directly).
+Channels considered ("eligible") are those of the normalisation layers chosen by `eligible`:
+`all` (every norm, shortcut BNs included: the population the paper's ~27-33% disabled count is taken over),
+`no-shortcut` (every norm but the projection shortcuts' norms), `relu` (only norms that feed a ReLU directly).
 They are laid out network-wide in forward order (layer depth, then channel index); ties in |gamma| keep
 that order.
 
@@ -47,7 +52,7 @@ from rfprobe.passes.base import ABLATE_FRACTIONS
 from rfprobe.progress import track
 from rfprobe.report_tables import pct
 from rfprobe.results import layer_coords, provenance
-from rfprobe.graph import BNSite, find_sites
+from rfprobe.graph import NormSite, affine_parameters, find_sites
 from rfprobe.passes.ablate import DATA, OPTIONS
 
 
@@ -57,8 +62,8 @@ REENABLE_VALUES = ("init", "median", "one")
 FRACTIONS = ABLATE_FRACTIONS
 
 
-def eligible_bns(bn: list[BNSite], which: str) -> list[BNSite]:
-    """The BN layers whose channels may be pruned (see the module docstring)."""
+def eligible_bns(bn: list[NormSite], which: str) -> list[NormSite]:
+    """The normalisation layers whose channels may be pruned (see the module docstring)."""
     if which == "all":
         return list(bn)
     if which == "no-shortcut":
@@ -84,15 +89,15 @@ class _Channels:
         return np.add.reduceat(selected.cpu().numpy().astype(np.int64), self.offsets[:-1]) if len(self) else np.zeros(0)
 
 
-def _channels(model: nn.Module, sites: list[BNSite]) -> _Channels:
+def _channels(model: nn.Module, sites: list[NormSite]) -> _Channels:
     modules = dict(model.named_modules())
     gammas, betas = [], []
     for site in sites:
-        bn = modules[site.name]
-        if bn.weight is None:
+        gamma, beta = affine_parameters(modules[site.name])
+        if gamma is None:
             raise RfprobeError(f"{site.name} has no affine parameters (affine=False): nothing to prune")
-        gammas.append(bn.weight.detach().double().cpu())
-        betas.append(bn.bias.detach().double().cpu())
+        gammas.append(gamma.detach().double().cpu())
+        betas.append(beta.detach().double().cpu() if beta is not None else torch.zeros(site.n_channels, dtype=torch.float64))
     offsets = np.concatenate([[0], np.cumsum([s.n_channels for s in sites])]).astype(np.int64)
     empty = torch.zeros(0, dtype=torch.float64)
     return _Channels([s.name for s in sites], offsets, torch.cat(gammas) if gammas else empty,
@@ -122,10 +127,10 @@ def set_channels(model: nn.Module, channels: _Channels, selected: torch.Tensor, 
             mask = selected[start:stop]
             if not bool(mask.any()):
                 continue
-            bn = modules[name]
-            mask = mask.to(bn.weight.device)
-            for param, value in ((bn.weight, gamma), (bn.bias, beta)):
-                if value is None:
+            weight, bias = affine_parameters(modules[name])
+            mask = mask.to(weight.device)
+            for param, value in ((weight, gamma), (bias, beta)):
+                if value is None or param is None:
                     continue
                 if isinstance(value, torch.Tensor):
                     param[mask] = value[start:stop].to(param)[mask]
@@ -166,10 +171,10 @@ def _init_gamma(init_model: nn.Module | None, channels: _Channels) -> torch.Tens
     modules = dict(init_model.named_modules())
     parts = []
     for name, start, stop in zip(channels.layers, channels.offsets[:-1], channels.offsets[1:]):
-        bn = modules.get(name)
-        if bn is None or getattr(bn, "weight", None) is None or bn.weight.shape[0] != stop - start:
-            raise RfprobeError(f"the init checkpoint does not match the model: no BN {name} with {stop - start} channels")
-        parts.append(bn.weight.detach().double().cpu())
+        gamma = affine_parameters(modules[name])[0] if name in modules else None
+        if gamma is None or gamma.numel() != stop - start:
+            raise RfprobeError(f"the init checkpoint does not match the model: no norm {name} with {stop - start} channels")
+        parts.append(gamma.detach().double().cpu())
     return torch.cat(parts)
 
 
@@ -214,9 +219,9 @@ def run(model: nn.Module, data: Data, *, prune_below: float = _D["prune_below"],
     """Accuracy and loss of `model` on `data` under every variant of the module docstring."""
     fractions = check_options(prune_below, seeds, fractions, eligible, reenable_value)
     sites = find_sites(model)
-    chosen = eligible_bns(sites.bn, eligible)
+    chosen = eligible_bns(sites.norm, eligible)
     if not chosen:
-        raise RfprobeError(f"no BN layers are eligible for pruning with --eligible {eligible}")
+        raise RfprobeError(f"no normalisation layers are eligible for pruning with --eligible {eligible}")
     channels = _channels(model, chosen)
     n = len(channels)
     work = copy.deepcopy(model).eval()
@@ -269,7 +274,7 @@ def run(model: nn.Module, data: Data, *, prune_below: float = _D["prune_below"],
             curve[:, 0, j, seed] = results[f"smallest:{j}", -1]
             curve[:, 1, j, seed] = results[f"random:{j}", seed]
 
-    position = [next((i for i, s in enumerate(chosen) if s.name == site.name), None) for site in sites.bn]
+    position = [next((i for i, s in enumerate(chosen) if s.name == site.name), None) for site in sites.norm]
 
     def per_layer(mask: torch.Tensor) -> np.ndarray:
         counts_ = channels.layer_counts(mask)
@@ -282,9 +287,9 @@ def run(model: nn.Module, data: Data, *, prune_below: float = _D["prune_below"],
     attrs = provenance(
         "ablate", checkpoint, dataset=data.name, split=data.split, n_examples=len(data), device=str(device),
         command=command, **data.normalization_attrs(), prune_below=float(prune_below), prune_operation=operation, eligible_bns=eligible,
-        eligible_definition={"all": "every BN layer, shortcut BNs included",
-                             "no-shortcut": "every BN layer except projection-shortcut BNs",
-                             "relu": "only BN layers that feed a ReLU directly"}[eligible],
+        eligible_definition={"all": "every normalisation layer, shortcut BNs included",
+                             "no-shortcut": "every normalisation layer except projection-shortcut ones",
+                             "relu": "only normalisation layers that feed a ReLU directly"}[eligible],
         pruned_definition=f"eligible channels with |gamma| < {prune_below:g}; {operation}",
         random_definition="the same number of eligible channels, uniformly without replacement, "
                           "torch.randperm(N, generator seeded with the seed), same operation",
@@ -314,14 +319,14 @@ def run(model: nn.Module, data: Data, *, prune_below: float = _D["prune_below"],
             "curve_n_pruned": (("fraction",), np.array(counts, dtype=np.int64)),
             "n_eligible": ((), n),
             "pruned_fraction": ((), k / n),
-            "eligible": (("layer",), np.array([s.name in eligible_names for s in sites.bn])),
+            "eligible": (("layer",), np.array([s.name in eligible_names for s in sites.norm])),
             "small_gamma_count": (("layer",), per_layer(small)),
             "largest_count": (("layer",), per_layer(jobs[1][2])),
             "random_count": (("draw", "layer"), np.stack([per_layer(jobs[2 + seed][2]) for seed in range(seeds)])),
         },
         coords={"variant": np.array(variants, dtype=object), "draw": np.arange(seeds),
                 "curve": np.array(["smallest", "random"], dtype=object), "fraction": np.array(fractions),
-                **layer_coords(sites.bn)},
+                **layer_coords(sites.norm)},
         attrs=attrs,
     )
 

@@ -5,7 +5,8 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from rfprobe.options import Option
 from rfprobe.passes.base import AFFINE_BINS, deferred, lazy_pass, module_getattr
 
-OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),)
+OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),
+           Option("outlier_k", 3.0, "outlier dimensions: |gamma| or |beta| above k times the layer's median magnitude"))
 """the pass's own options (rfprobe.options.Option): its flags, compare's `--affine-*` flags, a config's
 [affine] table"""
 
@@ -24,7 +25,7 @@ __getattr__ = module_getattr(_impl)
 PASS = lazy_pass(
     _impl,
     name="affine",
-    summary="Gamma/beta of every BN layer: per-channel values, histograms, per-layer and pooled summaries.",
+    summary="Gamma/beta of every normalisation layer: per-channel values, histograms, per-layer and pooled summaries, outlier dimensions.",
     options=OPTIONS,
     data=DATA,
     json_attrs=(),

@@ -1,6 +1,6 @@
-"""`rfprobe dead`: how many BN channels training switched off (no data needed).
+"""`rfprobe dead`: how many normalisation channels training switched off (no data needed).
 
-Per BN layer and threshold t (`threshold` dim):
+Per normalisation layer (every kind, `rfprobe.graph`) and threshold t (`threshold` dim):
 
 - `n_dead` = #{channels c : |gamma_c| < t}, `frac_dead` = n_dead / n_channels (the paper's "disabled
   features": ~27% of channels at t = 0.01 for BN-only training vs ~9% for full training, docs/science.md section 1);
@@ -9,8 +9,8 @@ Per BN layer and threshold t (`threshold` dim):
   roles `n_off` is 0 by definition: a `residual` BN's channel feeds an addition, where the skip path still
   carries signal. `frac_off` = n_off / n_channels.
 
-Pooled over a `pool` dim, each channel weighing one: `all` (every BN), `no_shortcut` (every BN except
-projection-shortcut BNs) and `relu` (only BNs that feed a ReLU): `pooled_n_channels`, `pooled_n_dead`,
+Pooled over a `pool` dim, each channel weighing one: `all` (every normalisation layer; never layer-scale
+parameters), `no_shortcut` (every one except projection-shortcut norms) and `relu` (only norms that feed a ReLU): `pooled_n_channels`, `pooled_n_dead`,
 `pooled_frac_dead`, `pooled_n_off`, `pooled_frac_off` (off channels in the pool / channels in the pool).
 """
 
@@ -28,7 +28,7 @@ from rich.table import Table
 from rfprobe.errors import RfprobeError
 from rfprobe.options import defaults
 from rfprobe.passes.base import GAMMA_THRESHOLDS
-from rfprobe.passes.affine import AFFINE_DEFINITION, BNAffine, bn_affine, checkpoint_affine
+from rfprobe.passes.affine import AFFINE_DEFINITION, NormAffine, checkpoint_affine, norm_affine
 from rfprobe.results import provenance
 from rfprobe.passes.dead import OPTIONS
 
@@ -36,11 +36,13 @@ from rfprobe.passes.dead import OPTIONS
 
 DEFAULT_THRESHOLDS = GAMMA_THRESHOLDS
 POOLS = ("all", "no_shortcut", "relu")
-DEAD_DEFINITION = "|gamma| < t: a channel is dead at threshold t when the absolute value of its BN weight is below t"
-OFF_DEFINITION = ("|gamma| < t and beta <= 0 on a BN whose output feeds a ReLU directly (role relu): the ReLU "
+DEAD_DEFINITION = ("|gamma| < t: a channel is dead at threshold t when the absolute value of its normalisation "
+                   "layer's weight is below t")
+OFF_DEFINITION = ("|gamma| < t and beta <= 0 on a norm layer whose output feeds a ReLU directly (role relu): the ReLU "
                   "output max(0, gamma * xhat + beta) is then ~0 for every input; 0 on other roles")
-POOL_DEFINITION = ("all: every BN channel; no_shortcut: every channel except those of projection-shortcut BNs; "
-                   "relu: channels of BNs that feed a ReLU directly; fractions are counts / channels in the pool")
+POOL_DEFINITION = ("all: every channel of every normalisation layer; no_shortcut: every channel except those of "
+                   "projection-shortcut norms; relu: channels of norms that feed a ReLU directly; fractions are "
+                   "counts / channels in the pool")
 
 
 def check_options(thresholds: Sequence[float] | None) -> np.ndarray:
@@ -61,10 +63,10 @@ def _in_pool(roles: np.ndarray, pool: str) -> np.ndarray:
 
 
 def run(model: nn.Module, *, thresholds: Sequence[float] | None = None, checkpoint=None, sites=None, command=None,
-        affine: BNAffine | None = None) -> xr.Dataset:
+        affine: NormAffine | None = None) -> xr.Dataset:
     """Dead and off channel counts of one model per layer and pooled (module docstring)."""
     t = check_options(thresholds)
-    affine = affine or bn_affine(model, sites, "rfprobe dead")
+    affine = affine or norm_affine(model, sites, "rfprobe dead")
     roles = np.array([s.role for s in affine.sites], dtype=object)
     n_channels = np.array([s.n_channels for s in affine.sites], dtype=np.int64)
     dead = np.stack([np.sum(np.abs(g)[:, None] < t, axis=0) for g in affine.gamma]).astype(np.int64)

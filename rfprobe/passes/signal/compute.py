@@ -1,8 +1,10 @@
 """Signal propagation plots (SPPs; Brock, De, Smith 2021; docs/science.md section 3).
 
 One batch `x` goes through the model once. At the stem output (block 0: the input of the first residual
-block) and at the output of every residual addition (block b = 1, 2, ...), with per-channel statistics
-over examples and positions (n, h, w):
+block) and at the output of every residual addition of the traced graph (block b = 1, 2, ...: ResNets,
+NF-ResNets, ConvNeXts, ViTs alike), with per-channel statistics over examples and positions (n, h, w; for
+token tensors (n, tokens, features) and channels-last tensors the channels are the features of the last
+dimension, `rfprobe.graph.AddSite.dim`):
 
 - `squared_mean`       = mean_c( mean_{n,h,w}(x)^2 )           average channel squared mean
 - `variance`           = mean_c( var_{n,h,w}(x) )              average channel variance (biased, 1/(NHW))
@@ -63,15 +65,18 @@ DEFINITIONS = {
 _SCALE_FUNCTIONS = {operator.mul: True, torch.mul: True, operator.truediv: False, torch.div: False}
 
 
-def channel_statistics(x: torch.Tensor) -> tuple[float, float]:
-    """(mean_c(m_c^2), mean_c(v_c)) for per-channel mean m_c and biased variance v_c over every dim but 1.
+def channel_statistics(x: torch.Tensor, dim: int = 1) -> tuple[float, float]:
+    """(mean_c(m_c^2), mean_c(v_c)) for per-channel mean m_c and biased variance v_c over every dim but `dim`.
 
     Two passes with float64 accumulation (no float64 copy of `x`): m_c = sum(x_c) / n, then
     v_c = sum((x_c - m'_c)^2) / n - (m_c - m'_c)^2 with m'_c = m_c rounded to x's dtype (the centred sum
     avoids the cancellation of E[x^2] - m^2 when the mean is large)."""
     if x.ndim < 2:
         raise RfprobeError(f"signal statistics need (N, C, ...) tensors, got shape {tuple(x.shape)}")
-    x = x.detach().reshape(x.shape[0], x.shape[1], -1)  # (N, C, positions)
+    x = x.detach()
+    if dim != 1:
+        x = x.movedim(dim, 1)
+    x = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, positions)
     n = x.shape[0] * x.shape[2]
 
     def channel_sum(t):  # one contiguous reduction, then the batch: much faster than sum(dim=(0, 2))
@@ -144,15 +149,16 @@ def _stem_node(first: AddSite, nodes: dict[str, fx.Node]) -> fx.Node:
 class _Recorder(fx.Interpreter):
     """Runs a GraphModule, reducing the watched nodes' outputs with `channel_statistics` as they appear."""
 
-    def __init__(self, graph: fx.GraphModule, watched: set[str]):
+    def __init__(self, graph: fx.GraphModule, watched: dict[str, int]):
         super().__init__(graph)
         self.watched = watched
+        """node name -> the dimension of its channels"""
         self.stats: dict[str, tuple[float, float]] = {}
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         if n.name in self.watched:
-            self.stats[n.name] = channel_statistics(out)
+            self.stats[n.name] = channel_statistics(out, self.watched[n.name])
         return out
 
 
@@ -162,7 +168,9 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
     Variables: squared_mean, variance, residual_variance, expected_variance (float64); site (the stem or the
     addition's name), stage, transition (1 where the shortcut is not the identity: a projection, or any op
     between the fork and the addition), n_channels."""
-    sites = sites if sites is not None else find_sites(model)
+    if sites is None:
+        with signal_mode(model, batch_stats):  # traced in the BN mode it measures (fused norm+act modules inline it)
+            sites = find_sites(model)
     arch = getattr(model, "rfprobe_arch", type(model).__name__)
     adds = sites.additions
     if not adds:
@@ -174,7 +182,8 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
     nodes = {n.name: n for n in sites.graph.graph.nodes}
     stem = _stem_node(adds[0], nodes)
     branch = [_branch_node(nodes[a.residual], _shape(nodes[a.node])) for a in adds]
-    recorder = _Recorder(sites.graph, {stem.name, *(a.node for a in adds), *(b.name for b in branch)})
+    recorder = _Recorder(sites.graph, {stem.name: adds[0].dim, **{a.node: a.dim for a in adds},
+                                       **{b.name: a.dim for a, b in zip(adds, branch)}})
     with signal_mode(model, batch_stats), torch.inference_mode():
         recorder.run(x)
     stats = recorder.stats
@@ -191,7 +200,8 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
             "site": ("block", np.array(["stem"] + [a.name for a in adds], dtype=object)),
             "stage": ("block", np.array([adds[0].stage] + [a.stage for a in adds], dtype=np.int64)),
             "transition": ("block", np.array([0] + [int(t) for t in shortcut_layers], dtype=np.int64)),
-            "n_channels": ("block", np.array([(_shape(stem) or (0, 0))[1]] + [a.n_channels for a in adds], dtype=np.int64)),
+            "n_channels": ("block", np.array([(_shape(stem) or (0, 0, 0, 0))[adds[0].dim]] + [a.n_channels for a in adds],
+                                             dtype=np.int64)),
         },
         coords={"block": np.arange(n, dtype=np.int64)},
     )
@@ -358,6 +368,7 @@ def fresh_options(arg: str, given: dict) -> dict | None:
     except RfprobeError:
         raise RfprobeError(f"{arg}: neither an existing checkpoint file nor an architecture name "
                            f"({'; '.join(architecture_patterns())})") from None
+    taken = taken or ()  # a constructor outside rfprobe: its keyword arguments come from --arch-kwargs
     init_defaults = {"bn_init": "uniform"} if "bn_init" in taken else {}
     return {**init_defaults, **{k: v for k, v in given.items() if k in taken}}
 
@@ -381,18 +392,20 @@ def prepare_models(args: list[str], options: dict, data_options):
                                f"takes it (--bn-init: OpenLTH-style BN models; --skip-init-gain: nf_* models)")
     labels = [label_of(a) if Path(a).exists() else a for a in args]
 
-    def measure(arch, num_classes, device, command):
+    def measure(arch, num_classes, device, command, arch_kwargs=None, input_shape=None):
         batch_data = (data_input(data_options.dataset, batch, seed, split=data_options.split, root=data_options.root,
                                  download=data_options.download) if input_kind == "data" else None)
         results = []
         for arg, build in zip(args, builds):
             if build is None:
-                ckpt = load_one(Path(arg), arch, num_classes, device=device)
+                ckpt = load_one(Path(arg), arch, num_classes, device=device, arch_kwargs=arch_kwargs,
+                                input_shape=input_shape)
                 model = ckpt.model
             else:
-                ckpt, model = None, build_model(arg, num_classes or 10, seed=seed, **build).to(device)
+                ckpt, model = None, build_model(arg, num_classes or 10, seed=seed, input_shape=input_shape,
+                                                **{**(arch_kwargs or {}), **build}).to(device)
             if batch_data is not None:
-                x = data_options.for_checkpoint(ckpt, batch_data)
+                x = data_options.for_checkpoint(ckpt, batch_data, batch, model=model)
             else:
                 x = gaussian_input(model.rfprobe_input_shape, batch, seed).to(device)
             init = {} if ckpt is not None else {"init_seed": seed, "bn_init": build.get("bn_init", ""),

@@ -1,8 +1,15 @@
-"""Activation sparsity at every ReLU site over a dataset, in one streaming forward pass (docs/science.md section 1).
+"""Activation sparsity at every activation site over a dataset, in one streaming forward pass (docs/science.md section 1).
 
-Probes are inserted into a `torch.fx` trace of the model right after each ReLU node, so every site is
-seen exactly (CIFAR ResNets call `F.relu`, torchvision reuses one ReLU module: module hooks would miss or
-merge sites). A probe reduces its input at once, on the device, into per-channel accumulators (int64
+Probes are inserted into a `torch.fx` trace of the model right after each activation node (ReLU, ReLU6,
+LeakyReLU, GELU, SiLU, Hardswish, Mish; `rfprobe.graph`), so every site is seen exactly (CIFAR ResNets call
+`F.relu`, torchvision reuses one ReLU module: module hooks would miss or merge sites).
+
+One definition serves every kind: a channel is *inactive* at a position where its pre-activation z <= 0.
+For ReLU and ReLU6 that is exactly where the output is 0, so they are probed on the output (as always);
+for the others a probe before the activation reads z (before an in-place activation can overwrite it) and
+one after it reads the output for the mean and maximum. Below, "a == 0" reads "z <= 0" for those kinds
+(`zero_fraction` is the inactive fraction, `dead` a channel never > 0). A site's channels lie on its `axis`
+dimension: 1 after a conv or channel norm, the last for tokens (B, N, D) and channels-last tensors. A probe reduces its input at once, on the device, into per-channel accumulators (int64
 counts, float64 sums) and keeps no reference to it, so later in-place ops cannot change what was counted
 and memory does not grow with the number of examples. BN is in eval mode; everything runs under
 `torch.inference_mode()`.
@@ -39,7 +46,7 @@ from rfprobe.passes.base import GAMMA_THRESHOLDS, MAX_BINS
 from rfprobe.progress import track
 from rfprobe.report_tables import checkpoint_table, pct
 from rfprobe.results import layer_coords, nan_padded, provenance
-from rfprobe.graph import ReluSite, find_sites, trace
+from rfprobe.graph import ZERO_OUTPUT_KINDS, ActivationSite, affine_parameters, find_sites, trace
 from rfprobe.passes.sparsity import OPTIONS
 
 
@@ -59,9 +66,14 @@ DEFINITIONS = {
                          "fraction: sum over sites of entirely-0 channels / sum of channels, per example",
     "small_gamma_definition": "small-gamma: |gamma| < threshold, gamma = weight of the BN feeding the ReLU "
                               "(a BN without affine parameters counts as gamma=1, beta=0)",
-    "add_site_treatment": "sites fed by a residual addition (source=add) or anything but a BN (source=other) "
-                          "have no single gamma: gamma/beta are NaN there and they are left out of every "
-                          "small-gamma count (the dead counts include them; bn_dead_count does not)",
+    "add_site_treatment": "sites fed by a residual addition (source=add) or anything but a normalisation layer "
+                          "(source=other) have no single gamma: gamma/beta are NaN there and they are left out of "
+                          "every small-gamma count (the dead counts include them; bn_dead_count does not)",
+    "activation_definition": "inactive: pre-activation z <= 0. relu, relu6: the output is exactly 0 there, and "
+                             "the probe reads the output; leaky_relu, gelu, silu, hardswish, mish: the probe reads "
+                             "z before the activation (zero_fraction = fraction of z <= 0; dead = z <= 0 at every "
+                             "example and position, i.e. the output is never > 0) and the output after it "
+                             "(mean_activation, max_activation)",
 }
 
 
@@ -123,15 +135,22 @@ def compiled(function):
     return _compiled[function]
 
 
+def _channels_first(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """`t` as (N, C, P): the channel dimension `dim` second, every other position flattened."""
+    if dim != 1:
+        t = t.movedim(dim, 1)
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
 class _Probe(nn.Module):
     """Reduces the ReLU output it is given into its accumulators; returns nothing and keeps no reference."""
 
-    def __init__(self, acc: _Accumulators, shared: _Shared, bins: int, fused: bool = False):
+    def __init__(self, acc: _Accumulators, shared: _Shared, bins: int, fused: bool = False, dim: int = 1):
         super().__init__()
-        self.acc, self.shared, self.bins, self.fused = acc, shared, bins, fused
+        self.acc, self.shared, self.bins, self.fused, self.dim = acc, shared, bins, fused, dim
 
     def forward(self, a: torch.Tensor) -> None:
-        flat = a.reshape(a.shape[0], a.shape[1], -1)
+        flat = _channels_first(a, self.dim)
         if self.fused:
             self.accumulate(flat.shape, *compiled(row_statistics)(flat))
         else:
@@ -150,6 +169,43 @@ class _Probe(nn.Module):
         index = torch.clamp_max(k * self.bins // shape[1], self.bins - 1)
         acc.hist.index_add_(0, index, torch.ones_like(index))
         self.shared.batch_k += k
+
+
+class _PreActivationProbe(nn.Module):
+    """For an activation whose output is not 0 where it is inactive (GELU, SiLU, ...): reduces the
+    pre-activation z into the counts of positions with z > 0 and of entirely inactive channels (max z <= 0)."""
+
+    def __init__(self, probe: _Probe):
+        super().__init__()
+        self.probe = probe
+
+    def forward(self, z: torch.Tensor) -> None:
+        flat = _channels_first(z, self.probe.dim)
+        probe, acc = self.probe, self.probe.acc
+        acc.positions = flat.shape[2]
+        nan = torch.isnan(flat).any(2)
+        acc.nonzero += (flat > 0).sum(2, dtype=torch.float64).sum(0)
+        entirely_inactive = (flat.amax(2) <= 0) & ~nan
+        acc.example_zero += entirely_inactive.sum(0)
+        k = entirely_inactive.sum(1)
+        acc.k_sum += k.sum()
+        index = torch.clamp_max(k * probe.bins // flat.shape[1], probe.bins - 1)
+        acc.hist.index_add_(0, index, torch.ones_like(index))
+        probe.shared.batch_k += k
+
+
+class _PostActivationProbe(nn.Module):
+    """The output side of `_PreActivationProbe`: the sum and maximum of the activation's output."""
+
+    def __init__(self, probe: _Probe):
+        super().__init__()
+        self.probe = probe
+
+    def forward(self, a: torch.Tensor) -> None:
+        flat = _channels_first(a, self.probe.dim)
+        acc = self.probe.acc
+        acc.total += flat.sum(2, dtype=torch.float64).sum(0)
+        torch.maximum(acc.maximum, flat.amax(2).amax(0).float(), out=acc.maximum)
 
 
 class _ProbedRelu(nn.Module):
@@ -177,10 +233,11 @@ def _overwrites_shared_input(node: fx.Node, modules: dict) -> bool:
     return node.target in (torch.relu_, torch.nn.functional.relu_) or bool(inplace)
 
 
-def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device,
+def _instrument(model: nn.Module, relu: list[ActivationSite], bins: int, device,
                 compile: bool = False) -> tuple[fx.GraphModule, list[_Accumulators], _Shared]:
-    """A fresh fx trace of `model` (sharing its parameters) with a probe after each ReLU site's node, or with
-    `compile`, each site's ReLU replaced by a `_ProbedRelu` (where that keeps the graph's meaning)."""
+    """A fresh fx trace of `model` (sharing its parameters) with a probe after each ReLU/ReLU6 site's node, or
+    with `compile`, each such ReLU replaced by a `_ProbedRelu` (where that keeps the graph's meaning); other
+    activations get a probe of their input before them and of their output after them."""
     graph_module = trace(model)
     nodes = {node.name: node for node in graph_module.graph.nodes}
     modules = dict(graph_module.named_modules())
@@ -200,8 +257,15 @@ def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device,
         accumulators.append(acc)
         name = f"rfprobe_probe_{i}"
         node = nodes[site.node]
-        probe = _Probe(acc, shared, bins, fused=compile)
-        if compile and not _overwrites_shared_input(node, modules):
+        probe = _Probe(acc, shared, bins, fused=compile, dim=site.dim)
+        if site.kind not in ZERO_OUTPUT_KINDS:
+            graph_module.add_submodule(f"{name}_in", _PreActivationProbe(probe))
+            graph_module.add_submodule(f"{name}_out", _PostActivationProbe(probe))
+            with graph_module.graph.inserting_before(node):
+                graph_module.graph.call_module(f"{name}_in", (node.args[0],))
+            with graph_module.graph.inserting_after(node):
+                graph_module.graph.call_module(f"{name}_out", (node,))
+        elif compile and site.kind == "relu" and site.dim == 1 and not _overwrites_shared_input(node, modules):
             graph_module.add_submodule(name, _ProbedRelu(probe))
             with graph_module.graph.inserting_after(node):
                 fused = graph_module.graph.call_module(name, (node.args[0],))
@@ -215,18 +279,21 @@ def _instrument(model: nn.Module, relu: list[ReluSite], bins: int, device,
     return graph_module, accumulators, shared
 
 
-def _affine(model: nn.Module, relu: list[ReluSite], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """gamma and beta of the BN feeding each `bn`-source site, (layer, channel), NaN elsewhere."""
+def _affine(model: nn.Module, relu: list[ActivationSite], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta of the normalisation layer feeding each `bn`/`norm`-source site (the same channels),
+    (layer, channel), NaN elsewhere."""
     modules = dict(model.named_modules())
     gamma = np.full((len(relu), width), np.nan)
     beta = np.full((len(relu), width), np.nan)
     for i, site in enumerate(relu):
-        if site.source != "bn":
+        if site.source not in ("bn", "norm") or site.norm is None:
             continue
-        bn = modules[site.name]
+        g, b = affine_parameters(modules[site.norm])
         c = site.n_channels
-        gamma[i, :c] = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else 1.0
-        beta[i, :c] = bn.bias.detach().double().cpu().numpy() if bn.bias is not None else 0.0
+        if (g is not None and g.numel() != c) or (b is not None and b.numel() != c):
+            continue
+        gamma[i, :c] = g.detach().double().cpu().numpy() if g is not None else 1.0
+        beta[i, :c] = b.detach().double().cpu().numpy() if b is not None else 0.0
     return gamma, beta
 
 
@@ -258,9 +325,10 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
     model.eval()
     try:
         sites = find_sites(model)
-        relu = sites.relu
+        relu = sites.activations
         if not relu:
-            raise RfprobeError(f"{getattr(model, 'rfprobe_arch', type(model).__name__)} has no ReLU sites to probe")
+            raise RfprobeError(f"{getattr(model, 'rfprobe_arch', type(model).__name__)} has no activation sites to "
+                               "probe (ReLU, ReLU6, LeakyReLU, GELU, SiLU, Hardswish, Mish)")
         probed, accumulators, shared = _instrument(model, relu, bins, device, compile)
         probed.eval()
         total_channels = sum(site.n_channels for site in relu)
@@ -311,7 +379,7 @@ def _dataset(model, relu, accumulators, pooled_hist, pooled_k, correct, n, bins,
     example_zero = [acc.example_zero.cpu().numpy().astype(np.float64) for acc in accumulators]
     channels = np.array([site.n_channels for site in relu], dtype=np.int64)
     gamma, beta = _affine(model, relu, width)
-    is_bn = np.array([site.source == "bn" for site in relu])
+    is_bn = np.array([site.source in ("bn", "norm") for site in relu])
     dead_matrix = nan_padded(dead, width)
     small = np.abs(gamma)[None] < np.array(thresholds)[:, None, None]  # NaN compares False
     small_count = np.where(is_bn[None], small.sum(2), np.nan)
