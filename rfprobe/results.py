@@ -184,11 +184,12 @@ def stack(datasets: Sequence[xr.Dataset], labels: Sequence[str]) -> xr.Dataset:
     labels = unique_labels(list(labels))
     datasets = pad_ragged(datasets)
     prepared = []
+    present = {attr for ds in datasets for attr in PER_CHECKPOINT if attr in ds.attrs}
     for ds in datasets:
         ds = ds.copy()
         for attr, var in PER_CHECKPOINT.items():
-            if attr in ds.attrs:
-                value = ds.attrs.pop(attr)
+            if attr in ds.attrs or attr in present:  # a checkpoint without it (e.g. no arch_kwargs) gets ""
+                value = ds.attrs.pop(attr, "")
                 ds[var] = ((), np.array(value, dtype=object if isinstance(value, str) else None))
         prepared.append(ds)
     same_layers = all("layer" not in ds.dims for ds in prepared) or all(

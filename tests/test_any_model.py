@@ -227,3 +227,34 @@ def test_norm_zoo_kinds_axes_and_roles():
         model.inorm.weight[1] = -1e-4
     ds = affine.run(model)
     assert float(ds["beta"].sel(layer="rms").sum()) == 0 and small_gamma_count(model) == 4
+
+
+def test_any_model_notebook_runs_clean():
+    pytest.importorskip("timm")
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    notebook = nbformat.read(repo / "docs" / "notebooks" / "any_model.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(repo)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], "warnings in the notebook"
+    outliers = next(o for o in outputs if "text/plain" in o.get("data", {}) and "blocks.2.norm2" in o["data"]["text/plain"])
+    assert "blocks.2.norm2    2" in outliers["data"]["text/plain"]
+
+
+def test_partition_refuses_nets_that_are_not_piecewise_linear_naming_the_operation():
+    from rfprobe.geometry.tangent import Tangent
+
+    gelu = nn.Sequential(nn.Linear(2, 8), nn.GELU(), nn.Linear(8, 3))
+    gelu.rfprobe_input_shape = (2,)
+    with pytest.raises(RfprobeError, match=r"not piecewise linear: a gelu activation \(1\)"):
+        Tangent.from_model(gelu)
+    ln = nn.Sequential(nn.Linear(2, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
+    ln.rfprobe_input_shape = (2,)
+    with pytest.raises(RfprobeError, match=r"not piecewise linear: layernorm 1 \(statistics of each example\)"):
+        Tangent.from_model(ln)

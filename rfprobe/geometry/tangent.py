@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfprobe.errors import RfprobeError
-from rfprobe.graph import BN_TYPES, WEIGHT_TYPES, ReluSite, find_sites
+from rfprobe.graph import BATCHNORM_KINDS, BN_TYPES, WEIGHT_TYPES, ReluSite, activation_kind, find_sites, norm_kind
 
 from rfprobe.geometry.dual import Program
 from rfprobe.geometry.evalbn import EvalBN
@@ -32,9 +32,34 @@ _LINEAR_METHODS = {"flatten", "view", "reshape", "size", "relu", "relu_", "add",
 _INPLACE = {F.relu_: torch.relu, torch.relu_: torch.relu, operator.iadd: operator.add}
 
 
+_SMOOTH_FUNCTIONS = {F.softmax: "softmax (attention)", torch.softmax: "softmax (attention)",
+                     F.scaled_dot_product_attention: "softmax attention", F.layer_norm: "LayerNorm",
+                     F.group_norm: "GroupNorm", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+                     F.tanh: "tanh"}
+
+
+def _not_piecewise_linear(graph: fx.GraphModule, modules: dict) -> str | None:
+    """The first operation that makes a network not piecewise linear (a smooth activation, a normalisation
+    with per-example statistics, softmax attention), named for the user; None if there is none."""
+    for node in graph.graph.nodes:
+        kind = activation_kind(node, modules)
+        if kind is not None and kind not in ("relu",):
+            return f"a {kind} activation ({node.target if node.op == 'call_module' else node.name})"
+        if node.op == "call_module" and norm_kind(modules.get(node.target)) not in (None, *BATCHNORM_KINDS):
+            return f"{norm_kind(modules[node.target])} {node.target} (statistics of each example)"
+        if node.op == "call_function" and node.target in _SMOOTH_FUNCTIONS:
+            return f"{_SMOOTH_FUNCTIONS[node.target]} ({node.name})"
+    return None
+
+
 def _check_piecewise_affine(graph: fx.GraphModule, arch: str) -> None:
-    """Refuse (one line) any op that is not affine or ReLU: MaxPool adds boundaries this module does not track."""
+    """Refuse (one line) any op that is not affine or ReLU: MaxPool adds boundaries this module does not track;
+    a smooth activation, LayerNorm-like normalisation or attention leaves no linear regions at all."""
     modules = dict(graph.named_modules())
+    smooth = _not_piecewise_linear(graph, modules)
+    if smooth is not None:
+        raise RfprobeError(f"partition: {arch} is not piecewise linear: {smooth} makes its linear regions undefined "
+                           "(the exact region geometry needs Linear/Conv/BN/ReLU/addition/avg-pool networks)")
     for node in graph.graph.nodes:
         what = None
         if node.op == "call_module":
