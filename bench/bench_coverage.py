@@ -46,14 +46,15 @@ def _alarm(signum, frame):
 
 def smallest_timm_variants(limit: int | None = None) -> list[tuple[str, str, int]]:
     """(family, model name, parameters) per timm family: the variant with the fewest parameters under
-    MAX_PARAMS, counted by building each candidate on the meta device."""
+    MAX_PARAMS among its 12 shortest names (the base variants; longer names add heads, resolutions and
+    training tags), counted by building each candidate on the meta device."""
     import timm
 
     out = []
     for module in sorted(timm.list_modules()):
         names = timm.list_models(module=module)
         best = None
-        for name in sorted(names, key=len)[:40]:
+        for name in sorted(names, key=lambda n: (len(n), n))[:12]:  # the short names are the base variants
             try:
                 with torch.device("meta"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -65,6 +66,7 @@ def smallest_timm_variants(limit: int | None = None) -> list[tuple[str, str, int
                 best = (module, name, n)
         if best is not None:
             out.append(best)
+            print(f"  timm family {module}: {best[1]} ({best[2] / 1e6:.1f}M)", flush=True)
         if limit and len(out) >= limit:
             break
     return out

@@ -35,6 +35,8 @@ standardised conv module, which fx traces through; such a call is named after it
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import sys
 from dataclasses import dataclass, field
@@ -284,9 +286,10 @@ def _in_module(node: fx.Node, name: str) -> bool:
 
 class _Tracer(fx.Tracer):
     """fx's tracer with every normalisation layer a leaf (one node, whatever its forward does) except the
-    fused norm+activation ones, and timm's own leaf modules and functions where timm is loaded."""
+    fused norm+activation ones, timm's traced-through helper functions kept whole where timm is loaded, and
+    optionally timm's own leaf modules (`timm_leaves`: blocks timm marks untraceable)."""
 
-    def __init__(self):
+    def __init__(self, timm_leaves: bool = False):
         leaves, functions = (), ()
         if "timm" in sys.modules:
             try:
@@ -296,7 +299,7 @@ class _Tracer(fx.Tracer):
             except ImportError:
                 pass
         super().__init__(autowrap_functions=tuple(f for f in functions if callable(f)))
-        self.leaves = leaves
+        self.leaves = leaves if timm_leaves else ()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if norm_kind(m) is not None:
@@ -306,17 +309,28 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+_TRACE_ERRORS = (fx.proxy.TraceError, TypeError, NotImplementedError, RuntimeError, AttributeError, ValueError,
+                 AssertionError, IndexError, KeyError)
+"""what fx raises for code it cannot trace"""
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except (fx.proxy.TraceError, TypeError, NotImplementedError, RuntimeError, AttributeError, ValueError,
-            AssertionError, IndexError, KeyError) as e:  # what fx raises for code it cannot trace
-        arch = getattr(model, "rfprobe_arch", type(model).__name__)
-        first_line = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise RfprobeError(f"cannot trace {arch} with torch.fx to find its normalisation layers and activations "
-                           f"({type(e).__name__}: {first_line[:200]})") from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    """The fx trace of `model`, looking inside every block it can: first with only normalisation layers as
+    leaves, then (where that fails) with the blocks timm marks untraceable as leaves too."""
+    first = None
+    for timm_leaves in (False, True):
+        tracer = _Tracer(timm_leaves)
+        try:
+            graph = tracer.trace(model)
+            return fx.GraphModule(tracer.root, graph, type(model).__name__)
+        except _TRACE_ERRORS as e:
+            first = first or e
+            if not tracer.leaves and "timm" not in sys.modules:
+                break
+    arch = getattr(model, "rfprobe_arch", type(model).__name__)
+    first_line = next((line.strip() for line in str(first).splitlines() if line.strip()), type(first).__name__)
+    raise RfprobeError(f"cannot trace {arch} with torch.fx to find its normalisation layers and activations "
+                       f"({type(first).__name__}: {first_line[:200]})") from None
 
 
 def _shapes(graph: fx.GraphModule, model: nn.Module) -> None:
@@ -329,7 +343,7 @@ def _shapes(graph: fx.GraphModule, model: nn.Module) -> None:
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback on failure
             ShapeProp(graph).propagate(torch.zeros((2, *shape), device=device, dtype=dtype))
     except RfprobeError:
         raise
@@ -410,35 +424,70 @@ def find_sites(model: nn.Module) -> Sites:
         shape = _shape(node)
         return len(shape) - 1 if kind in FEATURE_AXIS_KINDS and len(shape) > 1 else 1
 
-    def value_dim(node: fx.Node) -> int:
+    def value_dim(node: fx.Node | None, steps: int = 0) -> int:
         """The dimension holding the channels or features of `node`'s value: read off the nearest layer that
-        made it (a conv or channel norm: 1; a Linear or LayerNorm: the last), else 1 for an image-shaped
-        value and the last for tokens."""
-        ndim = len(_shape(node))
-        if ndim <= 2:
+        made it (a conv or channel norm: 1; a Linear or LayerNorm: the last), followed through permutes and
+        transposes; where a reshape or the input intervenes, 1 for an image-shaped value, the last for tokens."""
+        ndim = len(_shape(node)) if node is not None else 0
+        fallback = 1 if ndim >= 4 or ndim <= 2 else ndim - 1
+        if node is None or ndim <= 2 or steps > 24:
+            return 1 if ndim <= 2 else fallback
+        source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if node in norm_nodes:
+            return norm_dim(node)
+        if _module_of(node, modules, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or (
+                node.op == "call_function" and node.target in _CHANNEL_WEIGHT_FUNCTIONS):
             return 1
-        current, steps = node, 0
-        while current is not None and steps < 12:
-            if current in norm_nodes:
-                return norm_dim(current)
-            if _module_of(current, modules, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or (
-                    current.op == "call_function" and current.target in _CHANNEL_WEIGHT_FUNCTIONS):
-                return 1
-            if _module_of(current, modules, nn.Linear) or (current.op == "call_function" and current.target is F.linear):
-                return ndim - 1
-            if current.op in ("placeholder", "get_attr"):
-                break
-            current = current.args[0] if current.args and isinstance(current.args[0], fx.Node) else None
-            steps += 1
-        return 1 if ndim >= 4 else ndim - 1
+        if _module_of(node, modules, nn.Linear) or (node.op == "call_function" and node.target is F.linear):
+            return ndim - 1
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if name in ("permute", "transpose", "swapaxes", "movedim") and source is not None \
+                and len(_shape(source)) == ndim:
+            inner = value_dim(source, steps + 1)
+            rest = [a for a in node.args[1:]] or list(node.kwargs.values())
+            if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+                rest = list(rest[0])
+            if not all(isinstance(a, int) for a in rest):
+                return fallback
+            rest = [a % ndim for a in rest]
+            if name == "permute":
+                return rest.index(inner) if inner in rest else fallback
+            if name == "movedim" and len(rest) == 2:
+                order = [d for d in range(ndim) if d != rest[0]]
+                order.insert(rest[1], rest[0])
+                return order.index(inner)
+            if len(rest) == 2:
+                a, b = rest
+                return b if inner == a else a if inner == b else inner
+            return fallback
+        if name in ("reshape", "view", "flatten") and source is not None and len(_shape(source)) >= 2:
+            before, after = _shape(source), _shape(node)
+            kept = next((i for i, (x, y) in enumerate(zip(before, after)) if x != y), min(len(before), len(after)))
+            tail = next((i for i, (x, y) in enumerate(zip(before[::-1], after[::-1])) if x != y),
+                        min(len(before), len(after)))
+            inner = value_dim(source, steps + 1)
+            if 0 < inner < kept:  # the leading dimensions it keeps keep their meaning, and so do the trailing ones
+                return inner
+            return len(after) - (len(before) - inner) if len(before) - inner <= tail else fallback
+        if node.op in ("placeholder", "get_attr") or name in (
+                "unflatten", "getitem", "expand", "repeat", "cat", "chunk", "split"):
+            return fallback
+        if source is not None and len(_shape(source)) == ndim:
+            return value_dim(source, steps + 1)
+        return fallback
 
     block_of: dict[fx.Node, int] = {}
     shortcut_nodes: set[fx.Node] = set()
     add_names: dict[fx.Node, str] = {}
     residual_input: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
     fork_of: dict[fx.Node, fx.Node | None] = {}
-    adds = [n for n in nodes if _is_add(n) and len(_shape(n)) >= 2 and not any(
-        isinstance(a, fx.Node) and a.op == "get_attr" for a in n.args[:2])]
+    def shares_input(add: fx.Node) -> bool:
+        left, right = add.args[:2]
+        return bool(ancestors[left] & ancestors[right]) or bool(ancestors[left] >> index[right] & 1) \
+            or bool(ancestors[right] >> index[left] & 1)
+
+    # a residual addition: two tensors computed from a common input (not a bias or an embedding added)
+    adds = [n for n in nodes if _is_add(n) and len(_shape(n)) >= 2 and shares_input(n)]
     for b, add in enumerate(adds):
         left, right = [a for a in add.args[:2]]
         common = ancestors[left] & ancestors[right]

@@ -175,6 +175,10 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
     adds = sites.additions
     if not adds:
         raise RfprobeError(f"{arch} has no residual additions; signal propagation plots need a residual network")
+    unforked = [a.name for a in adds if a.fork is None]
+    if unforked:
+        raise RfprobeError(f"{arch}: the two inputs of {unforked[0]} share no input, so it is no residual addition "
+                           "signal propagation plots can follow")
     undecided = [a.name for a in adds if a.residual is None]
     if undecided:
         raise RfprobeError(f"{arch}: cannot tell the residual branch from the shortcut at {undecided[0]} "
@@ -182,7 +186,9 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
     nodes = {n.name: n for n in sites.graph.graph.nodes}
     stem = _stem_node(adds[0], nodes)
     branch = [_branch_node(nodes[a.residual], _shape(nodes[a.node])) for a in adds]
-    recorder = _Recorder(sites.graph, {stem.name: adds[0].dim, **{a.node: a.dim for a in adds},
+    stem_shape, add_shape = _shape(stem) or (), _shape(nodes[adds[0].node]) or ()
+    stem_dim = adds[0].dim if len(stem_shape) == len(add_shape) else (2 if len(stem_shape) == 3 else 1)
+    recorder = _Recorder(sites.graph, {stem.name: stem_dim, **{a.node: a.dim for a in adds},
                                        **{b.name: a.dim for a, b in zip(adds, branch)}})
     with signal_mode(model, batch_stats), torch.inference_mode():
         recorder.run(x)
@@ -200,7 +206,8 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
             "site": ("block", np.array(["stem"] + [a.name for a in adds], dtype=object)),
             "stage": ("block", np.array([adds[0].stage] + [a.stage for a in adds], dtype=np.int64)),
             "transition": ("block", np.array([0] + [int(t) for t in shortcut_layers], dtype=np.int64)),
-            "n_channels": ("block", np.array([(_shape(stem) or (0, 0, 0, 0))[adds[0].dim]] + [a.n_channels for a in adds],
+            "n_channels": ("block", np.array([stem_shape[stem_dim] if len(stem_shape) > stem_dim else 0]
+                                             + [a.n_channels for a in adds],
                                              dtype=np.int64)),
         },
         coords={"block": np.arange(n, dtype=np.int64)},
