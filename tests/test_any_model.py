@@ -252,9 +252,40 @@ def test_partition_refuses_nets_that_are_not_piecewise_linear_naming_the_operati
 
     gelu = nn.Sequential(nn.Linear(2, 8), nn.GELU(), nn.Linear(8, 3))
     gelu.rfprobe_input_shape = (2,)
-    with pytest.raises(RfprobeError, match=r"not piecewise linear: a gelu activation \(1\)"):
+    with pytest.raises(RfprobeError, match=r"not piecewise linear: a gelu activation \(1: GELU\)"):
         Tangent.from_model(gelu)
     ln = nn.Sequential(nn.Linear(2, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
     ln.rfprobe_input_shape = (2,)
     with pytest.raises(RfprobeError, match=r"not piecewise linear: layernorm 1 \(statistics of each example\)"):
         Tangent.from_model(ln)
+
+
+def test_activations_not_batch_first_are_regrouped_by_example():
+    from rfprobe.passes.sparsity.compute import _channels_first
+
+    x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2 * 3, 5, 4)  # (examples * windows, tokens, C)
+    flat = _channels_first(x, 2, batch=2)
+    assert flat.shape == (2, 4, 15)
+    torch.testing.assert_close(flat[1, 2], x[3:6, :, 2].reshape(-1))  # example 1's windows, channel 2
+    seq = torch.randn(7, 2, 4)  # (tokens, examples, C): sequence-first
+    torch.testing.assert_close(_channels_first(seq, 2, batch=2)[1, 3], seq[:, 1, 3])
+    with pytest.raises(RfprobeError, match="cannot be attributed to examples"):
+        _channels_first(torch.randn(5, 3, 4), 2, batch=2)
+
+
+def test_signal_leaves_out_additions_without_a_residual_branch():
+    from rfprobe.passes import signal
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            x = x + self.fc(torch.relu(x))       # a residual block
+            return x + torch.roll(x, 1, dims=1)  # a weight-free mixer: no residual branch to tell apart
+
+    model = Net()
+    model.rfprobe_input_shape = (6,)
+    ds = signal.run(model, torch.randn(8, 6), batch_stats=False)
+    assert ds.sizes["block"] == 2 and ds.attrs["skipped_additions"] == "add_1"

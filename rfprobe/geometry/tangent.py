@@ -44,7 +44,8 @@ def _not_piecewise_linear(graph: fx.GraphModule, modules: dict) -> str | None:
     for node in graph.graph.nodes:
         kind = activation_kind(node, modules)
         if kind is not None and kind not in ("relu",):
-            return f"a {kind} activation ({node.target if node.op == 'call_module' else node.name})"
+            where = f"{node.target}: {type(modules[node.target]).__name__}" if node.op == "call_module" else node.name
+            return f"a {kind} activation ({where})"
         if node.op == "call_module" and norm_kind(modules.get(node.target)) not in (None, *BATCHNORM_KINDS):
             return f"{norm_kind(modules[node.target])} {node.target} (statistics of each example)"
         if node.op == "call_function" and node.target in _SMOOTH_FUNCTIONS:

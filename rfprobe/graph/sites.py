@@ -263,8 +263,10 @@ def _module_of(node: fx.Node, modules: dict[str, nn.Module], types) -> bool:
 
 
 def _is_weight(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A conv/linear layer: a module call, or a functional call (fx traces through custom conv modules)."""
-    return _module_of(node, modules, WEIGHT_TYPES) or (node.op == "call_function" and node.target in _WEIGHT_FUNCTIONS)
+    """A conv/linear layer: a module call (torch's attention module counts: its projections are linear layers),
+    or a functional call (fx traces through custom conv modules)."""
+    return _module_of(node, modules, (*WEIGHT_TYPES, nn.MultiheadAttention)) or (
+        node.op == "call_function" and node.target in _WEIGHT_FUNCTIONS)
 
 
 def _is_transparent(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -394,6 +396,13 @@ def find_sites(model: nn.Module) -> Sites:
         bits = ancestors[start] | (1 << index[start])
         return [n for n in nodes[fork + 1:index[start] + 1] if bits >> index[n] & 1]
 
+    matrices = {name for name, p in model.named_parameters() if p.ndim >= 2}
+
+    def _applies_weight_matrix(node: fx.Node) -> bool:
+        """A function call given a weight matrix (torchvision's fx-wrapped window attention, say)."""
+        return node.op == "call_function" and any(
+            isinstance(a, fx.Node) and a.op == "get_attr" and a.target in matrices for a in node.args)
+
     norm_nodes: dict[fx.Node, str] = {}  # the node of each norm site's output -> its module name
     for node in nodes:
         if node.op == "call_module" and norm_kind(modules.get(node.target)) is not None \
@@ -497,7 +506,7 @@ def find_sites(model: nn.Module) -> Sites:
             common |= 1 << index[left]
         fork = common.bit_length() - 1
         sides = [branch(side, fork) if index[side] > fork else [] for side in (left, right)]
-        weights = [sum(_is_weight(n, modules) for n in side) for side in sides]
+        weights = [sum(_is_weight(n, modules) or _applies_weight_matrix(n) for n in side) for side in sides]
         for side in sides:
             for n in side:
                 block_of.setdefault(n, b)

@@ -2,7 +2,8 @@
 
 One batch `x` goes through the model once. At the stem output (block 0: the input of the first residual
 block) and at the output of every residual addition of the traced graph (block b = 1, 2, ...: ResNets,
-NF-ResNets, ConvNeXts, ViTs alike), with per-channel statistics over examples and positions (n, h, w; for
+NF-ResNets, ConvNeXts, ViTs alike; an addition whose two inputs have as many conv/linear layers since they
+forked has no residual branch to tell apart and is left out, named in `skipped_additions`), with per-channel statistics over examples and positions (n, h, w; for
 token tensors (n, tokens, features) and channels-last tensors the channels are the features of the last
 dimension, `rfprobe.graph.AddSite.dim`):
 
@@ -172,17 +173,13 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
         with signal_mode(model, batch_stats):  # traced in the BN mode it measures (fused norm+act modules inline it)
             sites = find_sites(model)
     arch = getattr(model, "rfprobe_arch", type(model).__name__)
-    adds = sites.additions
-    if not adds:
+    if not sites.additions:
         raise RfprobeError(f"{arch} has no residual additions; signal propagation plots need a residual network")
-    unforked = [a.name for a in adds if a.fork is None]
-    if unforked:
-        raise RfprobeError(f"{arch}: the two inputs of {unforked[0]} share no input, so it is no residual addition "
-                           "signal propagation plots can follow")
-    undecided = [a.name for a in adds if a.residual is None]
-    if undecided:
-        raise RfprobeError(f"{arch}: cannot tell the residual branch from the shortcut at {undecided[0]} "
-                           f"(both inputs have as many conv/linear layers)")
+    adds = [a for a in sites.additions if a.residual is not None and a.fork is not None]
+    skipped = [a.name for a in sites.additions if a not in adds]
+    if not adds:
+        raise RfprobeError(f"{arch}: cannot tell the residual branch from the shortcut at any of its "
+                           f"{len(skipped)} additions (both inputs have as many conv/linear layers), e.g. {skipped[0]}")
     nodes = {n.name: n for n in sites.graph.graph.nodes}
     stem = _stem_node(adds[0], nodes)
     branch = [_branch_node(nodes[a.residual], _shape(nodes[a.node])) for a in adds]
@@ -211,6 +208,7 @@ def measure(model: nn.Module, x: torch.Tensor, *, batch_stats: bool, sites: Site
                                              dtype=np.int64)),
         },
         coords={"block": np.arange(n, dtype=np.int64)},
+        attrs={"skipped_additions": ", ".join(skipped)},
     )
 
 
@@ -269,7 +267,10 @@ def run(model: nn.Module, x: torch.Tensor | Data, *, batch_stats: bool, checkpoi
                        input_seed=-1 if seed is None else int(seed), **extra, **DEFINITIONS, **definitions)
     if checkpoint is None:
         attrs.update(arch=getattr(model, "rfprobe_arch", type(model).__name__), mode="init", epoch=0)
-    ds.attrs = attrs
+    ds.attrs = {**attrs, "skipped_additions": ds.attrs.get("skipped_additions", ""),
+                "skipped_additions_definition": "additions left out: both inputs have as many conv/linear layers since "
+                                                "they forked (no residual branch to tell from the shortcut: e.g. "
+                                                "rotary embeddings and weight-free token mixers)"}
     return ds
 
 

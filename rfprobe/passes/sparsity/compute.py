@@ -135,8 +135,19 @@ def compiled(function):
     return _compiled[function]
 
 
-def _channels_first(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """`t` as (N, C, P): the channel dimension `dim` second, every other position flattened."""
+def _channels_first(t: torch.Tensor, dim: int, batch: int | None = None) -> torch.Tensor:
+    """`t` as (N, C, P) for a batch of N examples: the channel dimension `dim` second, every other position
+    flattened. A value whose first dimension is not the batch is regrouped by example: sequence-first (L, N, ...)
+    tensors by moving N first, window-partitioned (N * W, ...) tensors (windowed attention, example-major) by
+    folding the windows into the positions; anything else cannot be attributed to examples and is refused."""
+    if batch is not None and t.shape[0] != batch:
+        if t.ndim > 1 and t.shape[1] == batch and t.shape[0] % batch != 0:
+            t, dim = t.movedim(1, 0), (1 if dim == 0 else dim)
+        elif t.shape[0] % batch == 0:
+            t, dim = t.reshape(batch, t.shape[0] // batch, *t.shape[1:]), dim + 1
+        else:
+            raise RfprobeError(f"an activation of shape {tuple(t.shape)} has no dimension of the batch size {batch}, so "
+                               "its channels cannot be attributed to examples")
     if dim != 1:
         t = t.movedim(dim, 1)
     return t.reshape(t.shape[0], t.shape[1], -1)
@@ -150,7 +161,7 @@ class _Probe(nn.Module):
         self.acc, self.shared, self.bins, self.fused, self.dim = acc, shared, bins, fused, dim
 
     def forward(self, a: torch.Tensor) -> None:
-        flat = _channels_first(a, self.dim)
+        flat = _channels_first(a, self.dim, self.shared.batch_k.shape[0])
         if self.fused:
             self.accumulate(flat.shape, *compiled(row_statistics)(flat))
         else:
@@ -180,7 +191,7 @@ class _PreActivationProbe(nn.Module):
         self.probe = probe
 
     def forward(self, z: torch.Tensor) -> None:
-        flat = _channels_first(z, self.probe.dim)
+        flat = _channels_first(z, self.probe.dim, self.probe.shared.batch_k.shape[0])
         probe, acc = self.probe, self.probe.acc
         acc.positions = flat.shape[2]
         nan = torch.isnan(flat).any(2)
@@ -202,7 +213,7 @@ class _PostActivationProbe(nn.Module):
         self.probe = probe
 
     def forward(self, a: torch.Tensor) -> None:
-        flat = _channels_first(a, self.probe.dim)
+        flat = _channels_first(a, self.probe.dim, self.probe.shared.batch_k.shape[0])
         acc = self.probe.acc
         acc.total += flat.sum(2, dtype=torch.float64).sum(0)
         torch.maximum(acc.maximum, flat.amax(2).amax(0).float(), out=acc.maximum)
