@@ -22,7 +22,8 @@ ResNets, VGG, MLPs, torchvision and timm models (ResNets, ConvNeXts, ViTs, ...) 
   ResNet, 1 after the first stride-2 block, ...; always 0 for an MLP or a ViT's tokens);
 - its **block** is the index of the residual addition whose branches contain it (-1 outside any block);
 - an **activation site** (`ActivationSite`, kind `relu`, `relu6`, `leaky_relu`, `gelu`, `silu`,
-  `hardswish`, `mish`; a module or a functional call) is keyed by what feeds it: the norm module's name,
+  `hardswish`, `mish`; a module or a functional call whose input depends on the model's input, so not the
+  MLP that computes a Swin-v2 position bias from a table) is keyed by what feeds it: the norm module's name,
   `<block module>.add` for an addition, else the feeding layer (ReLU modules are no key: CIFAR ResNets
   call `F.relu` and torchvision reuses one ReLU module). Its `axis` is the dimension its channels or
   features lie on (dimension 1 after a conv or a channel norm, the last after a Linear or a LayerNorm);
@@ -388,7 +389,8 @@ def find_sites(model: nn.Module) -> Sites:
     for node in nodes:
         bits = 0
         for parent in node.all_input_nodes:
-            bits |= ancestors[parent] | (1 << index[parent])
+            if parent.op == "placeholder" or "tensor_meta" in parent.meta:  # not through shapes (x.shape, x.size())
+                bits |= ancestors[parent] | (1 << index[parent])
         ancestors[node] = bits
 
     def branch(start: fx.Node, fork: int) -> list[fx.Node]:
@@ -568,11 +570,17 @@ def find_sites(model: nn.Module) -> Sites:
         norm_sites.append(site)
         site_of_node[node] = site
 
+    inputs = [index[n] for n in nodes if n.op == "placeholder"]
+
+    def reads_input(node: fx.Node) -> bool:
+        """Whether `node`'s value depends on the model's input (not only on parameters: a position-bias MLP)."""
+        return any(ancestors[node] >> i & 1 for i in inputs)
+
     activation_sites: list[ActivationSite] = []
     names: set[str] = set()
     for node in nodes:
         kind = activation_kind(node, modules)
-        if kind is None:
+        if kind is None or not reads_input(node):
             continue
         source_node = feeder(node)
         if source_node is None:

@@ -140,7 +140,7 @@ def _stem_node(first: AddSite, nodes: dict[str, fx.Node]) -> fx.Node:
     node = nodes[first.fork]
     block = first.name[:-len(".add")] if first.name.endswith(".add") else None
     while block and (enclosing_module(node) == block or enclosing_module(node).startswith(block + ".")):
-        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        inputs = [a for a in node.args if isinstance(a, fx.Node) and len(_shape(a) or ()) >= 2]  # tensors only
         if not inputs:
             break
         node = inputs[0]
