@@ -1,7 +1,10 @@
 """Sparsity pass on models from outside rfprobe (timm resnet50: BN + ReLU; timm ViT-tiny: LayerNorm + GELU,
 probed before and after each GELU) vs a bare `inference_mode` evaluation of the same batches, side by side.
 
-    python bench/bench_sparsity_models.py [--n 32] [--batch-size 16] [--repeats 3] [--threads 1]
+    python bench/bench_sparsity_models.py [--n 32] [--batch-size 16] [--repeats 3] [--threads 1] [--models A,B]
+
+The pass includes its fixed costs (two fx traces and a shape propagation of the model), which weigh more the
+fewer images there are: compare ratios at the same --n.
 
 Both variants alternate `--repeats` times on the same synthetic 3x224x224 images, in reverse order every other
 round; reported: the ratio of the medians (pass / bare) of wall and CPU time, per model.
@@ -33,13 +36,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", default=",".join(m for m, _ in MODELS), help="comma-separated subset of MODELS")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.n, 3, 224, 224), generator=g, dtype=torch.uint8)
     data = Data("synthetic", "test", x, torch.arange(args.n) % 10, tuple(map(str, range(10))),
                 Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "bench")
-    for arch, kwargs in MODELS:
+    for arch, kwargs in (m for m in MODELS if m[0] in args.models.split(",")):
         model = build_model(arch, 10, seed=0, **kwargs).eval()
         variants = {"bare": lambda: bare(model, data, args.batch_size, "cpu"),
                     "sparsity": lambda: sparsity.run(model, data, batch_size=args.batch_size)}

@@ -182,25 +182,36 @@ class _Probe(nn.Module):
         self.shared.batch_k += k
 
 
+def _by_example(t: torch.Tensor, dim: int, batch: int) -> tuple[torch.Tensor, int, int]:
+    """`t` as a 3-D view (examples, ., .) and which of its axes holds the channels and which the positions:
+    (N, C, P) with positions on axis 2, or, when the channels are the last dimension (tokens, channels-last),
+    (N, P, C) with positions on axis 1, which needs no copy."""
+    if t.shape[0] == batch and dim == t.ndim - 1 and t.ndim > 2:
+        return t.reshape(batch, -1, t.shape[-1]), 2, 1
+    return _channels_first(t, dim, batch), 1, 2
+
+
 class _PreActivationProbe(nn.Module):
     """For an activation whose output is not 0 where it is inactive (GELU, SiLU, ...): reduces the
-    pre-activation z into the counts of positions with z > 0 and of entirely inactive channels (max z <= 0)."""
+    pre-activation z into the counts of positions with z > 0 and of entirely inactive channels (max z <= 0;
+    a channel holding a NaN has a NaN maximum, so it is never counted inactive)."""
 
     def __init__(self, probe: _Probe):
         super().__init__()
         self.probe = probe
 
     def forward(self, z: torch.Tensor) -> None:
-        flat = _channels_first(z, self.probe.dim, self.probe.shared.batch_k.shape[0])
         probe, acc = self.probe, self.probe.acc
-        acc.positions = flat.shape[2]
-        nan = torch.isnan(flat).any(2)
-        acc.nonzero += (flat > 0).sum(2, dtype=torch.float64).sum(0)
-        entirely_inactive = (flat.amax(2) <= 0) & ~nan
+        flat, channels, positions = _by_example(z, probe.dim, probe.shared.batch_k.shape[0])
+        acc.positions = flat.shape[positions]
+        # sign(z) clamped at 0 is 1 where z > 0: summed in float32 (exact below 2**24 positions), ~10x faster than a
+        # bool count in float64; a NaN stays NaN and marks the channel as the ReLU path does
+        acc.nonzero += torch.sign(flat).clamp_min_(0).sum(positions).sum(0, dtype=torch.float64)
+        entirely_inactive = flat.amax(positions) <= 0
         acc.example_zero += entirely_inactive.sum(0)
         k = entirely_inactive.sum(1)
         acc.k_sum += k.sum()
-        index = torch.clamp_max(k * probe.bins // flat.shape[1], probe.bins - 1)
+        index = torch.clamp_max(k * probe.bins // flat.shape[channels], probe.bins - 1)
         acc.hist.index_add_(0, index, torch.ones_like(index))
         probe.shared.batch_k += k
 
@@ -213,10 +224,10 @@ class _PostActivationProbe(nn.Module):
         self.probe = probe
 
     def forward(self, a: torch.Tensor) -> None:
-        flat = _channels_first(a, self.probe.dim, self.probe.shared.batch_k.shape[0])
+        flat, _, positions = _by_example(a, self.probe.dim, self.probe.shared.batch_k.shape[0])
         acc = self.probe.acc
-        acc.total += flat.sum(2, dtype=torch.float64).sum(0)
-        torch.maximum(acc.maximum, flat.amax(2).amax(0).float(), out=acc.maximum)
+        acc.total += flat.sum(positions, dtype=torch.float32).sum(0, dtype=torch.float64)
+        torch.maximum(acc.maximum, flat.amax(positions).amax(0).float(), out=acc.maximum)
 
 
 class _ProbedRelu(nn.Module):
