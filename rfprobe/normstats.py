@@ -107,9 +107,10 @@ def apply(model: nn.Module, spec: str | None, data, batch_size: int | None, *, s
 
     mode, n = parse(spec)
     if mode == "running" and stats_missing:
-        if note is not None:
+        if note is not None and not getattr(model, "rfprobe_noted_batch_stats", False):  # once per loaded model
             note("the checkpoint's BatchNorms have no running statistics (a Tent-style state dict): measured with "
                  "each batch's own statistics (--norm-stats batch)")
+            model.rfprobe_noted_batch_stats = True
         mode = "batch"
     attrs = {"norm_stats": mode if mode != "recalibrate" else f"recalibrate:{n}", "norm_stats_definition": DEFINITION,
              "norm_stats_batch_size": int(batch_size) if batch_size is not None else -1}
