@@ -21,10 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_coverage import synthetic  # noqa: E402
 from bench.bench_sparsity import bare, timed  # noqa: E402
-from rfprobe.data import Data  # noqa: E402
 from rfprobe.models import build_model  # noqa: E402
-from rfprobe.normalization import Normalization  # noqa: E402
 from rfprobe.passes import sparsity  # noqa: E402
 
 MODELS = (("timm:resnet50", {}), ("timm:vit_tiny_patch16_224", {}))
@@ -39,10 +38,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(m for m, _ in MODELS), help="comma-separated subset of MODELS")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (args.n, 3, 224, 224), generator=g, dtype=torch.uint8)
-    data = Data("synthetic", "test", x, torch.arange(args.n) % 10, tuple(map(str, range(10))),
-                Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "bench")
+    data = synthetic((3, 224, 224), args.n)
     for arch, kwargs in (m for m in MODELS if m[0] in args.models.split(",")):
         model = build_model(arch, 10, seed=0, **kwargs).eval()
         variants = {"bare": lambda: bare(model, data, args.batch_size, "cpu"),

@@ -140,8 +140,6 @@ class DataOptions:
         """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess,
         with the checkpoint's model (or `model`) put in the `norm_stats` mode for batches of `batch_size`
         (rfprobe.normstats.apply; what it did is recorded with the data's normalisation attrs)."""
-        from dataclasses import replace as _replace
-
         from rfprobe.normalization import resolve
         from rfprobe.normstats import apply
 
@@ -156,7 +154,7 @@ class DataOptions:
             return data
         measured = apply(model, self.norm_stats, data, batch_size,
                          stats_missing=bool(getattr(checkpoint, "batch_stats_only", None)), note=note)
-        return _replace(data, measurement=tuple(measured.items()))
+        return replace(data, measurement=tuple(measured.items()))
 
 
 def each_checkpoint(paths: list[Path], arch, num_classes, device, data_options: DataOptions | None = None,

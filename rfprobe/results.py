@@ -85,7 +85,7 @@ def provenance(pass_name: str, checkpoint=None, *, dataset: str | None = None, s
 
 
 def layer_coords(sites, names: Sequence[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
-    """Coordinates on `layer` (docs/results.md) for a list of sites (BNSite or ReluSite), optionally reordered."""
+    """Coordinates on `layer` (docs/results.md) for a list of sites (NormSite or ActivationSite), optionally reordered."""
     by_name = {s.name: s for s in sites}
     chosen = [by_name[n] for n in names] if names is not None else list(sites)
     coords = {"layer": ("layer", np.array([s.name for s in chosen], dtype=object))}

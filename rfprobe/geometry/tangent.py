@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfprobe.errors import RfprobeError
-from rfprobe.graph import BATCHNORM_KINDS, BN_TYPES, WEIGHT_TYPES, ReluSite, activation_kind, find_sites, norm_kind
+from rfprobe.graph import BATCHNORM_KINDS, BN_TYPES, WEIGHT_TYPES, ActivationSite, activation_kind, find_sites, norm_kind
 
 from rfprobe.geometry.dual import Program
 from rfprobe.geometry.evalbn import EvalBN
@@ -106,7 +106,7 @@ def _functional_copy(graph: fx.GraphModule) -> None:
 class Layer:
     """One ReLU site of a `Tangent`: its key, its units' shape (C, *spatial) and where they sit in `concat`."""
 
-    site: ReluSite
+    site: ActivationSite
     shape: tuple[int, ...]
     offset: int
     weight: torch.Tensor | None = None

@@ -40,7 +40,7 @@ import contextlib
 import io
 import operator
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.fx as fx
@@ -149,10 +149,6 @@ class NormSite:
     """the node of its normalised output in `Sites.graph`"""
 
 
-BNSite = NormSite
-"""the name of a norm site before other kinds than BatchNorm were sites"""
-
-
 @dataclass(frozen=True)
 class ActivationSite:
     name: str
@@ -174,9 +170,6 @@ class ActivationSite:
     @property
     def axis(self) -> str:
         return "channel" if self.dim == 1 else "feature"
-
-
-ReluSite = ActivationSite
 
 
 @dataclass(frozen=True)
@@ -219,19 +212,11 @@ class Sites:
     def relu(self) -> list[ActivationSite]:
         """The ReLU sites, numbered among themselves (the piecewise-linear passes' units)."""
         relu = [s for s in self.activations if s.kind == "relu"]
-        return [s if s.depth == i else _replace(s, depth=i) for i, s in enumerate(relu)]
+        return [s if s.depth == i else replace(s, depth=i) for i, s in enumerate(relu)]
 
     def norm_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         modules = dict(model.named_modules())
         return {site.name: modules[site.name] for site in self.norm}
-
-    bn_modules = norm_modules
-
-
-def _replace(site, **changes):
-    from dataclasses import replace
-
-    return replace(site, **changes)
 
 
 def activation_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:

@@ -103,6 +103,14 @@ def deferred(load: Callable[[], ModuleType], name: str) -> Callable:
     return call
 
 
+def compute_loader(package: str) -> Callable[[], ModuleType]:
+    """The loader of a pass package's compute module (`<package>.compute`), imported on its first call; by
+    importlib, so the package's own module `__getattr__` is never asked for it."""
+    import importlib
+
+    return lambda: importlib.import_module(f"{package}.compute")
+
+
 def lazy_pass(load: Callable[[], ModuleType], **declared) -> Pass:
     """The `Pass` of a pass package: what its torch-free `__init__` declares (`declared`), and the `COMPUTED`
     functions of its compute module (`load()`), imported on first use."""

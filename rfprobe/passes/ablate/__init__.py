@@ -3,7 +3,7 @@ its tables and figure, is `rfprobe.passes.ablate.compute`, imported on first use
 every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
 
 from rfprobe.options import Option
-from rfprobe.passes.base import ABLATE_FRACTIONS, lazy_pass, module_getattr
+from rfprobe.passes.base import ABLATE_FRACTIONS, compute_loader, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("prune_below", 0.01, "prune channels with |gamma| below this"),
@@ -23,10 +23,7 @@ DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
 """data defaults (None: the pass reads only the model)"""
 
 
-def _impl():
-    import rfprobe.passes.ablate.compute as compute  # not `from ... import`: that would ask __getattr__ first
-
-    return compute
+_impl = compute_loader(__name__)
 
 
 __getattr__ = module_getattr(_impl)

@@ -3,7 +3,7 @@ its tables and figure, is `rfprobe.passes.affine.compute`, imported on first use
 every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
 
 from rfprobe.options import Option
-from rfprobe.passes.base import AFFINE_BINS, deferred, lazy_pass, module_getattr
+from rfprobe.passes.base import AFFINE_BINS, compute_loader, deferred, lazy_pass, module_getattr
 
 OPTIONS = (Option("bins", AFFINE_BINS, "histogram bins (edges shared by all checkpoints)"),
            Option("outlier_k", 3.0, "outlier dimensions: |gamma| or |beta| above k times the layer's median magnitude"))
@@ -14,10 +14,7 @@ DATA = None
 """data defaults (None: the pass reads only the model)"""
 
 
-def _impl():
-    import rfprobe.passes.affine.compute as compute  # not `from ... import`: that would ask __getattr__ first
-
-    return compute
+_impl = compute_loader(__name__)
 
 
 __getattr__ = module_getattr(_impl)

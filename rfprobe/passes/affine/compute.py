@@ -67,8 +67,6 @@ class NormAffine:
         return {**layer_coords(self.sites), "channel": ("channel", np.arange(width))}
 
 
-BNAffine = NormAffine
-
 
 def norm_affine(model: nn.Module, sites=None, what: str = "this pass") -> NormAffine:
     """Read gamma and beta of every normalisation layer of `model` in forward order (a missing weight reads
@@ -91,8 +89,6 @@ def norm_affine(model: nn.Module, sites=None, what: str = "this pass") -> NormAf
         beta.append(b.detach().double().cpu().numpy().copy() if b is not None else np.zeros(c))
     return NormAffine(list(sites.norm), gamma, beta)
 
-
-bn_affine = norm_affine
 
 
 def outliers(values: list[np.ndarray], k: float) -> list[np.ndarray]:

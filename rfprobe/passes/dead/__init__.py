@@ -5,7 +5,7 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from typing import Optional
 
 from rfprobe.options import Option
-from rfprobe.passes.base import THRESHOLD_HELP, lazy_pass, module_getattr
+from rfprobe.passes.base import THRESHOLD_HELP, compute_loader, lazy_pass, module_getattr
 
 OPTIONS = (Option("threshold", None, THRESHOLD_HELP, type=Optional[list[float]]),)
 """the pass's own options (rfprobe.options.Option): its flags, compare's `--dead-*` flags, a config's
@@ -15,10 +15,7 @@ DATA = None
 """data defaults (None: the pass reads only the model)"""
 
 
-def _impl():
-    import rfprobe.passes.dead.compute as compute  # not `from ... import`: that would ask __getattr__ first
-
-    return compute
+_impl = compute_loader(__name__)
 
 
 __getattr__ = module_getattr(_impl)

@@ -3,7 +3,7 @@ its tables and figure, is `rfprobe.passes.partition.compute`, imported on first 
 every pass without loading torch; any other name (`run`, `headline`, ...) is read from there."""
 
 from rfprobe.options import Option
-from rfprobe.passes.base import SEGMENT_KINDS, lazy_pass, module_getattr
+from rfprobe.passes.base import SEGMENT_KINDS, compute_loader, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("recalibrate_bn", False, "first set every BN's running mean/var to the exact statistics of the data "
@@ -33,10 +33,7 @@ DATA = {"dataset": None, "limit": 256, "batch_size": 64}
 """data defaults (None: the pass reads only the model)"""
 
 
-def _impl():
-    import rfprobe.passes.partition.compute as compute  # not `from ... import`: that would ask __getattr__ first
-
-    return compute
+_impl = compute_loader(__name__)
 
 
 __getattr__ = module_getattr(_impl)

@@ -5,7 +5,7 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from typing import Optional
 
 from rfprobe.options import Option
-from rfprobe.passes.base import deferred, lazy_pass, module_getattr
+from rfprobe.passes.base import compute_loader, deferred, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("input_kind", "gaussian", "gaussian (unit Gaussian noise) or data (a random batch of --dataset)",
@@ -29,10 +29,7 @@ DATA = {"dataset": "synthetic"}
 """data defaults (None: the pass reads only the model)"""
 
 
-def _impl():
-    import rfprobe.passes.signal.compute as compute  # not `from ... import`: that would ask __getattr__ first
-
-    return compute
+_impl = compute_loader(__name__)
 
 
 __getattr__ = module_getattr(_impl)

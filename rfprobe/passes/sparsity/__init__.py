@@ -5,7 +5,7 @@ every pass without loading torch; any other name (`run`, `headline`, ...) is rea
 from typing import Optional
 
 from rfprobe.options import Option
-from rfprobe.passes.base import THRESHOLD_HELP, lazy_pass, module_getattr
+from rfprobe.passes.base import THRESHOLD_HELP, compute_loader, lazy_pass, module_getattr
 
 OPTIONS = (
     Option("threshold", None, THRESHOLD_HELP.replace("threshold,", "threshold for the small-gamma join,"),
@@ -21,10 +21,7 @@ DATA = {"dataset": "cifar10", "limit": None, "batch_size": 500}
 """data defaults (None: the pass reads only the model)"""
 
 
-def _impl():
-    import rfprobe.passes.sparsity.compute as compute  # not `from ... import`: that would ask __getattr__ first
-
-    return compute
+_impl = compute_loader(__name__)
 
 
 __getattr__ = module_getattr(_impl)
