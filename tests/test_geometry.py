@@ -177,9 +177,16 @@ def test_in_place_relu_does_not_overwrite_pre_activations():
     assert model[2].inplace, "the caller's model must be left untouched"
 
 
-def test_max_pool_and_smooth_activations_are_refused():
-    with pytest.raises(RfprobeError, match="max pooling"):
-        Tangent.from_model(build_model("cifar_vgg_11"))
+def test_max_pools_it_cannot_follow_and_smooth_activations_are_refused():
+    tf = Tangent.from_model(build_model("cifar_vgg_11"))
+    assert [layer.site.kind for layer in tf.layers].count("maxpool") == 4
+    for pool, reason in ((nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"), (nn.MaxPool2d(2, dilation=2), "dilation"),
+                         (nn.AdaptiveMaxPool2d(1), "AdaptiveMaxPool2d")):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(2))
+        model(torch.zeros(1, 3, 8, 8))
+        model.rfprobe_input_shape = (3, 8, 8)
+        with pytest.raises(RfprobeError, match=f"max pooling .* with {reason}"):
+            Tangent.from_model(model)
     model = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2))
     model.rfprobe_input_shape = (2,)
     with pytest.raises(RfprobeError, match="GELU"):
@@ -224,6 +231,48 @@ def test_gradient_norms_sharing_the_point_equal_copies(mlp):
         sumsq += torch.cat(dzs, 1).square()
     assert_within_ulps(norms, sumsq.sqrt(), 16)
     assert_within_ulps(z, torch.cat(zs, 1), 16)
+
+
+@pytest.fixture(scope="module")
+def stem():
+    from test_walk import MaxPoolStem
+    torch.manual_seed(0)
+    return Tangent.from_model(randomise_bn(MaxPoolStem(), seed=1))
+
+
+def test_max_pool_pair_units_have_autograd_gradients_and_slice_regions(stem):
+    """A max-pool's pair units z_j = w_argmax - w_j: their exact gradient norms (cones through the pool) equal
+    reverse-mode autodiff of the graph's pairs; the slice of a max-pool net finds every region a dense grid sees,
+    tiles the box, has each polygon's pattern at its centre, and its regions differ in their argmax where no ReLU
+    changes."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(stem.input_shape, generator=g, dtype=torch.float64)
+    _, norms = gradient_norms(stem, x)
+    pool = next(i for i, layer in enumerate(stem.layers) if layer.is_pool)
+    layer = stem.layers[pool]
+    units = (norms[layer.offset:layer.offset + layer.size] > 0).nonzero().flatten()
+    assert len(units) > 20
+    for unit in units[::max(1, len(units) // 8)].tolist():
+        _, grad = reverse_mode_unit(stem, x, pool, unit)
+        assert float(grad.norm()) == pytest.approx(float(norms[layer.offset + unit]), rel=1e-12)
+    x3 = torch.randn(3, *stem.input_shape, generator=g, dtype=torch.float64)
+    origin = x3[0].flatten()
+    plane = torch.stack([x3[1].flatten() - origin, x3[2].flatten() - origin], 1)
+    box = (-0.01, 0.01, -0.01, 0.01)
+    found = slice_partition(stem, origin, plane, box)
+    u = torch.linspace(box[0], box[1], 250, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
+    signs = stem.signs(origin + grid @ plane.T, batch=1 << 16).numpy()
+    keys = {np.packbits(row).tobytes() for row in signs}
+    assert found.complete and keys <= set(found.patterns) and len(keys) > 5
+    area = sum(0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], 1)) - np.dot(p[:, 1], np.roll(p[:, 0], 1))) for p in found.polygons)
+    assert area == pytest.approx(0.02 ** 2, rel=1e-9)
+    centres = torch.as_tensor(np.array([p.mean(0) for p in found.polygons]))
+    inside = [np.packbits(row).tobytes() for row in stem.signs(origin + centres @ plane.T).numpy()]
+    assert [found.patterns[key] for key in inside] == list(range(len(found.polygons)))
+    relu_units = np.concatenate([np.arange(l.offset, l.offset + l.size) for l in stem.layers if not l.is_pool])
+    relu_keys = {np.packbits(row[relu_units]).tobytes() for row in signs}
+    assert len(relu_keys) < len(keys)
 
 
 @pytest.mark.parametrize("tile", [1, 3])

@@ -95,6 +95,20 @@ def test_local_complexity_counts_hyperplanes_near_the_point():
     np.testing.assert_array_equal(per_layer[:, 0], expected)
 
 
+def test_local_complexity_counts_a_max_pool_window_once():
+    """A 1x2 max-pool window (x_1, x_2): its boundary is the line x_1 = x_2; a point at distance d from it (d <
+    r / sqrt(2): some vertex pair straddles it) changes the argmax, which flips two pair units but is one window."""
+    from test_walk import TwoEntryPool
+
+    tf = Tangent.from_model(TwoEntryPool().double())
+    normal = torch.tensor([1.0, -1.0], dtype=torch.float64) / 2 ** 0.5
+    distances = [0.001, 0.05, -0.002, 0.3]
+    points = torch.stack([torch.tensor([0.7, 0.7], dtype=torch.float64) + d * normal for d in distances])
+    total, per_layer = partition.local_complexity(tf, points.view(-1, 1, 1, 2), torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(per_layer[:, 0], [1, 0, 1, 0])
+    np.testing.assert_array_equal(total, [1, 0, 1, 0])
+
+
 def test_run_on_an_mlp_is_consistent(moons):
     model = one_layer(8)
     data = moons.subset(300)
@@ -160,10 +174,31 @@ def test_cli_writes_result_and_figure(mlp_checkpoint, tmp_path):
     assert plot.stat().st_size > 10_000
 
 
-def test_cli_refuses_bad_input_in_one_line(mlp_checkpoint, tmp_path, capsys):
+def test_cli_on_a_max_pool_vgg(tmp_path):
+    """cifar_vgg_11 (four 2x2 max-pools) runs end to end: its pools are layers of kind maxpool that count their own
+    argmax crossings along the segments."""
     vgg = tmp_path / "vgg.pt"
     save_checkpoint(vgg, build_model("cifar_vgg_11", seed=0), dataset="synthetic")
-    cases = [([str(vgg), "--dataset", "synthetic", "--limit", "4", "--jitter-batches", "0"], "max pooling"),
+    out = tmp_path / "vgg.zarr"
+    result = CliRunner().invoke(app, ["partition", str(vgg), "--dataset", "synthetic", "--limit", "4",
+                                      "--segments", "2", "--kinds", "radius", "--radius", "0.05", "--exact-points", "0",
+                                      "--probes", "4", "--lc-points", "1", "--jitter-batches", "0",
+                                      "--slice-max-regions", "5", "--slice-resolution", "4", "--out", str(out),
+                                      "--plot", str(tmp_path / "vgg.png"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vgg.png").stat().st_size > 10_000
+    ds = open_result(out)
+    pools = ds["kind"].values == "maxpool"
+    assert pools.sum() == 4
+    assert int(ds["breakpoints_layer"].isel(checkpoint=0, segment_kind=0).values[pools].sum()) > 0
+    assert np.isnan(ds["unit_distance_ratio"].isel(checkpoint=0).values[pools]).all()
+
+
+def test_cli_refuses_bad_input_in_one_line(mlp_checkpoint, tmp_path, capsys):
+    zoo, arch = tmp_path / "zoo.pt", "rfprobe.models.examples:norm_zoo_net"
+    save_checkpoint(zoo, build_model(arch, 10, seed=0), dataset="synthetic")
+    cases = [([str(zoo), "--arch", arch, "--dataset", "synthetic", "--limit", "4", "--jitter-batches", "0"],
+              "is not piecewise linear: groupnorm gn"),
              ([str(mlp_checkpoint), "--radius", "0"], "--radius"),
              ([str(mlp_checkpoint), "--kinds", "radius,diagonal"], "diagonal"),
              ([str(mlp_checkpoint), "--dataset", "synthetic", "--limit", "4"], "--jitter-batch-size 16 is larger"),

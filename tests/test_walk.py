@@ -1,8 +1,10 @@
 """The incremental region walk against the plain walk (autodiff, one evaluation per region) and dense sampling.
 
 Contract: the same breakpoints, counted alike, each within 1e-9 in t, on a CIFAR ResNet-8 (projection
-shortcuts), a pre-activation ResNet (a 1x1 shortcut conv of the block's pre-activation), an MLP and a VGG-style
-net with average pooling; and each crossing counted once where the plain walk counts a crossing twice."""
+shortcuts), a pre-activation ResNet (a 1x1 shortcut conv of the block's pre-activation), an MLP, a VGG-style
+net with average pooling and a net with max-pooling (a ResNet stem: conv-BN-ReLU-MaxPool(3, 2, 1), whose windows
+tie at ReLU zeros, a residual block, then a functional 2x2 max-pool straight after a conv); and each crossing
+counted once where the plain walk counts a crossing twice."""
 
 import warnings
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from reference_walk import plain_walk
 from rfprobe.geometry.dual import Program
@@ -36,9 +39,49 @@ class AvgPoolVGG(nn.Module):
         return self.fc(self.features(x).flatten(1))
 
 
+class MaxPoolStem(nn.Module):
+    """conv-BN-ReLU, MaxPool2d(3, 2, 1) (torchvision's ResNet stem), a residual conv-BN block with ReLU after the
+    addition, a conv straight into a functional 2x2 max-pool (no ReLU before it), linear."""
+
+    def __init__(self, size: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.conv3 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * (size // 4) ** 2, 10)
+        self.rfprobe_input_shape = (3, size, size)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn(self.conv(x))))
+        x = F.relu(x + self.bn2(self.conv2(x)))
+        return self.fc(F.max_pool2d(self.conv3(x), 2).flatten(1))
+
+
+class TwoEntryPool(nn.Module):
+    """One 1x2 max-pool window over the input (x_1, x_2), then fc (weight 1, bias 5: its ReLU stays on for inputs
+    above -5), ReLU, out: the only pool boundary is the line x_1 = x_2."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool, self.fc, self.out = nn.MaxPool2d((1, 2)), nn.Linear(1, 1), nn.Linear(1, 1)
+        with torch.no_grad():
+            self.fc.weight.fill_(1.0)
+            self.fc.bias.fill_(5.0)
+        self.rfprobe_input_shape = (1, 1, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(self.pool(x).flatten(1))))
+
+
+MODELS = {"avgpool_vgg": AvgPoolVGG, "maxpool_stem": MaxPoolStem}
+
+
 def tangent(name: str, size: int | None = None) -> Tangent:
     torch.manual_seed(0)
-    model = AvgPoolVGG() if name == "avgpool_vgg" else build_model(name, seed=0)
+    model = MODELS[name]() if name in MODELS else build_model(name, seed=0)
     randomise_bn(model, seed=1)
     if size is not None:
         model.rfprobe_input_shape = (3, size, size)
@@ -50,6 +93,7 @@ CASES = {
     "cifar_preact_resnet_8": (16, 0.3, 2),
     "mlp_3x32": (None, 6.0, 4),
     "avgpool_vgg": (None, 2.0, 3),
+    "maxpool_stem": (None, 1.0, 3),
 }
 
 
@@ -82,7 +126,7 @@ def test_walk_is_the_same_with_a_full_evaluation_at_every_crossing():
     np.testing.assert_array_equal(incremental.layer[0], full.layer[0])
 
 
-@pytest.mark.parametrize("name", ["avgpool_vgg", "cifar_preact_resnet_8"])
+@pytest.mark.parametrize("name", ["avgpool_vgg", "cifar_preact_resnet_8", "maxpool_stem"])
 def test_walk_equals_dense_sampling(name):
     tf = tangent(name, 8)
     g = torch.Generator().manual_seed(4)
@@ -112,7 +156,8 @@ def test_each_crossing_counted_once_where_rounding_repeats_it():
     assert max(plain_counts) == 2
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet_8", "cifar_preact_resnet_8", "avgpool_vgg", "mlp_3x32"])
+@pytest.mark.parametrize("name", ["cifar_resnet_8", "cifar_preact_resnet_8", "avgpool_vgg", "mlp_3x32",
+                                  "maxpool_stem"])
 def test_dual_forward_equals_autodiff(name):
     tf = tangent(name, 16 if "resnet" in name else None)
     g = torch.Generator().manual_seed(5)
@@ -160,6 +205,83 @@ def test_cropped_response_equals_a_dense_forward(name, layer):
             want = dense[j][0]
             got = changes.get(j, torch.zeros_like(want))
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert any(float(dense[j].abs().max()) > 0 for j in range(layer + 1, len(tf.layers)))
+
+
+def test_max_pool_crossings_are_found_where_windows_tie_at_relu_zeros():
+    """Argmax changes are breakpoints of their own: on the stem both pool layers count crossings. With the stem's BN
+    shifted down (beta -2.5) most of its ReLUs are off, so most stem windows tie at 0 and are overtaken at the very
+    t* where an entry's ReLU turns on (one breakpoint, the ReLU's); the walk still equals the plain walk."""
+    tf = tangent("maxpool_stem")
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn((2, *tf.input_shape), generator=g, dtype=torch.float64)
+    found = walk(tf, a, a + torch.randn(a.shape, generator=g, dtype=torch.float64))
+    assert np.isin([1, 3], np.concatenate(found.layer)).all()
+    torch.manual_seed(0)
+    model = randomise_bn(MaxPoolStem(), seed=1)
+    with torch.no_grad():
+        model.bn.bias.fill_(-2.5)
+    tf = Tangent.from_model(model)
+    pools = [i for i, layer in enumerate(tf.layers) if layer.is_pool]
+    assert [tf.layers[i].site.kind for i in pools] == ["maxpool", "maxpool"]
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn((3, *tf.input_shape), generator=g, dtype=torch.float64)
+    b = a + 2 * torch.randn(a.shape, generator=g, dtype=torch.float64)
+    _, zs = tf.forward(a)
+    assert float((zs[0] <= 0).double().mean()) > 0.8
+    _, zb = tf.forward(b)
+    assert ((zs[1] > 0) != (zb[1] > 0)).any(1).all(), "the stem's argmax pattern changes along every segment"
+    found, expected = walk(tf, a, b), plain_walk(tf, a, b)
+    assert sum(len(t) for t in expected) > 20
+    for got, want in zip(found.t, expected):
+        assert len(got) == len(want)
+        assert np.abs(got - want).max() <= 1e-9
+
+
+def test_each_max_pool_crossing_counted_once_where_rounding_repeats_it():
+    """Two entries of one max-pool window, x_1 and 1.3, swap argmax on segments so short that the pair unit at
+    t* + 1e-9 is below rounding: the walk counts one crossing on every segment."""
+    tf = Tangent.from_model(TwoEntryPool().double())
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        h = 10 ** rng.uniform(-9, -6)
+        c = 1.3 + h * rng.uniform(-0.9, 0.9)
+        a = torch.tensor([[[[c - h, 1.3]]]], dtype=torch.float64)
+        b = torch.tensor([[[[c + h, 1.3]]]], dtype=torch.float64)
+        for refresh in (256, 1):
+            result = walk(tf, a, b, refresh=refresh)
+            assert len(result.t[0]) == 1 and result.layer[0][0] == 0
+
+
+def test_cropped_response_from_a_max_pool_equals_a_dense_forward():
+    """Program.response from a pair unit of the stem's max-pool (its window's output kicked by `delta`) equals the
+    dual forward of a zero direction with `delta` added to that window's output on the direction row."""
+    tf = tangent("maxpool_stem")
+    program: Program = tf.program
+    layer = next(i for i, l in enumerate(tf.layers) if l.is_pool)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn((1, *tf.input_shape), generator=g, dtype=torch.float64)
+    zs, _ = tf.jvp(x, torch.zeros_like(x))
+    masks = [(z[0] > 0).double().view(l.shape) for z, l in zip(zs, tf.layers)]
+    pool = program.layer_steps[layer]
+    c, h, w, k = tf.layers[layer].shape
+    for unit in (0, ((c // 2 * h + h - 1) * w + w // 2) * k + 4, c * h * w * k - 1):
+        changes = {j: (change.dense() if hasattr(change, "dense") else change)[0].flatten()
+                   for j, change in program.response(layer, unit, 2.5, masks)}
+        dual = pool.dual
+
+        def kicked(args, kwargs, points, tensors, dual=dual, unit=unit):
+            out = dual(args, kwargs, points, tensors)
+            out[points:].view(-1)[unit // k] += 2.5
+            return out
+
+        pool.dual = kicked
+        try:
+            _, dense = tf.jvp(x, torch.zeros_like(x))
+        finally:
+            pool.dual = dual
+        for j in range(layer + 1, len(tf.layers)):
+            torch.testing.assert_close(changes.get(j, torch.zeros_like(dense[j][0])), dense[j][0], rtol=1e-12, atol=1e-12)
         assert any(float(dense[j].abs().max()) > 0 for j in range(layer + 1, len(tf.layers)))
 
 

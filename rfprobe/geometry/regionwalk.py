@@ -12,6 +12,13 @@ approximation of it: a full dual evaluation at t* + delta replaces the update wh
 within `delta` after t* (two units flip within one step: the plain walk merges them, so must this one),
 and every `refresh` crossings, which bounds the rounding the updates accumulate.
 
+A max-pool layer's units are its pair units z_j = w_a - w_j (`rfprobe.geometry.dual`). When pair unit j
+crosses, j becomes its window's argmax: the window's forms become z_i - z_j, and the pool's output gains the
+kink |s_j| (t - t*), propagated from the pool like a ReLU unit's. A window whose entries tie (ReLU zeros) can
+have its argmax overtaken at the very t* of another crossing (an entry's ReLU turns on, z_j(t*) = 0 up to
+rounding): a falling pair unit whose root is not beyond t* is given the root t*, so the two crossings merge
+into one full evaluation, as the plain walk merges them.
+
 One guard the plain walk lacks: when the crossing unit's slope is so small that z(t* + delta) rounds to the
 side it just left, the fresh evaluation would give it the old mask and find the same crossing again a
 rounding error later. The walk then applies that unit's crossing as an update (the correction from the
@@ -35,6 +42,7 @@ class SegmentState:
     def __init__(self, tf, a: torch.Tensor, d: torch.Tensor):
         self.tf, self.a, self.d = tf, a, d
         self.shapes = [layer.shape for layer in tf.layers]
+        self.windows = [layer.window for layer in tf.layers]
         self.evaluations = 0
 
     def evaluate(self, t_e: float) -> None:
@@ -64,10 +72,13 @@ class SegmentState:
 
     def cross(self, t_star: float, layer: int, unit: int) -> None:
         """Apply unit `unit` of `layer` crossing at t_star (see the module docstring)."""
-        slope = self.s[layer].view(-1)[unit]
-        mask = self.masks[layer].view(-1)
-        mask[unit] = 1 - mask[unit]
-        self.roots[layer].view(-1)[unit] = INF
+        slope = self.s[layer].view(-1)[unit].clone()
+        if self.windows[layer]:
+            self._new_argmax(t_star, layer, unit)
+        else:
+            mask = self.masks[layer].view(-1)
+            mask[unit] = 1 - mask[unit]
+            self.roots[layer].view(-1)[unit] = INF
         changed = {layer}
         for j, change in self.tf.program.response(layer, unit, abs(slope.item()), self.masks):
             if isinstance(change, Box):
@@ -81,10 +92,33 @@ class SegmentState:
             s += delta
             c.sub_(delta, alpha=t_star)
             root = c.div(s).neg_()
-            self.roots[j][index] = torch.where(root > t_star, root, INF)
+            self.roots[j][index] = _pool_roots(root, s, t_star) if self.windows[j] else torch.where(root > t_star,
+                                                                                                 root, INF)
             changed.add(j)
         for j in changed:
             self.minima[j] = self._minimum(j)
+
+
+    def _new_argmax(self, t_star: float, layer: int, unit: int) -> None:
+        """Pair unit `unit` of a max-pool becomes its window's argmax: the window's forms become z_i - z_j."""
+        window = self.windows[layer]
+        start, j = unit // window * window, unit % window
+        c = self.c[layer].view(-1)[start:start + window]
+        s = self.s[layer].view(-1)[start:start + window]
+        c -= c[j].clone()
+        s -= s[j].clone()
+        mask = self.masks[layer].view(-1)[start:start + window]
+        mask.fill_(1)
+        mask[j] = 0
+        root = _pool_roots(c.div(s).neg_(), s, t_star)
+        root[j] = INF
+        self.roots[layer].view(-1)[start:start + window] = root
+
+
+def _pool_roots(root: torch.Tensor, s: torch.Tensor, t_star: float) -> torch.Tensor:
+    """Roots of max-pool pair units after an update at t_star: a falling unit (s < 0) whose root is not beyond
+    t_star (z(t_star) <= 0, up to rounding: a tie overtaken now) crosses at t_star; a rising one never."""
+    return torch.where(s < 0, root.clamp(min=t_star), INF)
 
 
 def walk_segment(tf, a: torch.Tensor, d: torch.Tensor, *, delta: float, max_breakpoints: int,

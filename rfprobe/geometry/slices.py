@@ -49,7 +49,7 @@ def region_polygon(box, z: np.ndarray, grad: np.ndarray, p: np.ndarray):
     vertices = np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1]], dtype=np.float64)
     labels = [-1, -1, -1, -1]
     s = np.where(z > 0, 1.0, -1.0)
-    keep = np.abs(grad).sum(1) > 0
+    keep = (np.abs(grad).sum(1) > 0) & np.isfinite(z)
     a = (s[:, None] * grad)[keep]
     c = (s * (z - grad @ p))[keep]
     index = np.nonzero(keep)[0]
@@ -103,8 +103,7 @@ def slice_partition(tf: Tangent, origin: torch.Tensor, plane: torch.Tensor, box,
             for e, label in enumerate(labels):
                 if label < 0:
                     continue
-                neighbour = signs.copy()
-                neighbour[label] = not neighbour[label]
+                neighbour = tf.neighbour(signs, label)
                 neighbour_key = np.packbits(neighbour).tobytes()
                 q0, q1 = vertices[e], vertices[(e + 1) % len(vertices)]
                 edge = q1 - q0

@@ -1,12 +1,13 @@
 """The tangent forward of a piecewise-affine ReLU network: `Tangent(model)` is a float64, eval-mode copy (BN a
-fixed affine map, `EvalBN`) whose forward returns the pre-activation z of every ReLU site; `Tangent.jvp(x, v)`
-gives z(x) and J_z(x) v in one dual forward (`rfprobe.geometry.dual`)."""
+fixed affine map, `EvalBN`) whose forward returns the pre-activation z of every ReLU site and the pair units of
+every max-pool (`rfprobe.geometry.dual.max_pool_pairs`); `Tangent.jvp(x, v)` gives z(x) and J_z(x) v in one
+dual forward (`rfprobe.geometry.dual`)."""
 
 from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -17,17 +18,15 @@ import torch.nn.functional as F
 from rfprobe.errors import RfprobeError
 from rfprobe.graph import BATCHNORM_KINDS, BN_TYPES, WEIGHT_TYPES, ActivationSite, activation_kind, find_sites, norm_kind
 
-from rfprobe.geometry.dual import Program
+from rfprobe.geometry.dual import Program, is_max_pool, max_pool_pairs, max_pool_window
 from rfprobe.geometry.evalbn import EvalBN
 
 _LINEAR_MODULES = (*WEIGHT_TYPES, *BN_TYPES, nn.ReLU, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Identity,
                    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Sequential)
-_MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 _LINEAR_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, operator.add, operator.iadd, torch.add,
                      torch.flatten, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d,
                      torch.cat, operator.getitem, getattr, torch.mean, F.dropout}
-_MAXPOOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool2d, torch.max_pool2d}
 _LINEAR_METHODS = {"flatten", "view", "reshape", "size", "relu", "relu_", "add", "add_", "mean", "contiguous"}
 _INPLACE = {F.relu_: torch.relu, torch.relu_: torch.relu, operator.iadd: operator.add}
 
@@ -54,37 +53,35 @@ def _not_piecewise_linear(graph: fx.GraphModule, modules: dict) -> str | None:
 
 
 def _check_piecewise_affine(graph: fx.GraphModule, arch: str) -> None:
-    """Refuse (one line) any op that is not affine or ReLU: MaxPool adds boundaries this module does not track;
-    a smooth activation, LayerNorm-like normalisation or attention leaves no linear regions at all."""
+    """Refuse (one line) any op that is not affine, ReLU or a followed max-pool (`max_pool_window`): a smooth
+    activation, LayerNorm-like normalisation or attention leaves no linear regions at all."""
     modules = dict(graph.named_modules())
     smooth = _not_piecewise_linear(graph, modules)
     if smooth is not None:
         raise RfprobeError(f"partition: {arch} is not piecewise linear: {smooth} makes its linear regions undefined "
-                           "(the exact region geometry needs Linear/Conv/BN/ReLU/addition/avg-pool networks)")
+                           "(the exact region geometry needs Linear/Conv/BN/ReLU/addition/pooling networks)")
     for node in graph.graph.nodes:
         what = None
-        if node.op == "call_module":
-            module = modules[node.target]
-            if isinstance(module, _MAXPOOL_MODULES):
-                what = "max"
-            elif not isinstance(module, _LINEAR_MODULES):
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if is_max_pool(node, module):
+            window = max_pool_window(node, module)
+            if isinstance(window, str):
+                raise RfprobeError(
+                    f"partition: {arch} uses max pooling ({node.name}) with {window}, whose region boundaries the "
+                    "exact geometry does not follow; it follows MaxPool2d / max_pool2d with numeric sizes, "
+                    "dilation 1 and ceil_mode off")
+        elif node.op == "call_module":
+            if not isinstance(module, _LINEAR_MODULES):
                 what = f"{node.target} ({type(module).__name__})"
         elif node.op == "call_function":
-            if node.target in _MAXPOOL_FUNCTIONS:
-                what = "max"
-            elif node.target not in _LINEAR_FUNCTIONS:
+            if node.target not in _LINEAR_FUNCTIONS:
                 what = getattr(node.target, "__name__", str(node.target))
         elif node.op == "call_method" and node.target not in _LINEAR_METHODS:
             what = f".{node.target}()"
-        if what == "max":
-            raise RfprobeError(
-                f"partition: {arch} uses max pooling ({node.target}), whose window ties add region boundaries "
-                "this pass does not track, so its counts would be wrong; use a model without MaxPool "
-                "(cifar_resnet_*, mlp_*)")
         if what is not None:
             raise RfprobeError(
                 f"partition: {arch} contains {what}, which is not known to be affine or ReLU; the exact "
-                "region geometry needs a piecewise-affine network (Linear/Conv/BN/ReLU/addition/avg-pool)")
+                "region geometry needs a piecewise-affine network (Linear/Conv/BN/ReLU/addition/avg- or max-pool)")
 
 
 def _functional_copy(graph: fx.GraphModule) -> None:
@@ -104,11 +101,14 @@ def _functional_copy(graph: fx.GraphModule) -> None:
 
 @dataclass
 class Layer:
-    """One ReLU site of a `Tangent`: its key, its units' shape (C, *spatial) and where they sit in `concat`."""
+    """One layer of a `Tangent`: a ReLU site (units: its pre-activations, shape (C, *spatial)) or a max-pool
+    (`window` > 0; units: its pair units, shape (C, H_out, W_out, window)), and where its units sit in `concat`."""
 
     site: ActivationSite
     shape: tuple[int, ...]
     offset: int
+    window: int = 0
+    """entries per max-pool window (0 for a ReLU site)"""
     weight: torch.Tensor | None = None
     """the feeding conv/linear weight (out, ...)"""
     bn: nn.Module | None = None
@@ -126,6 +126,18 @@ class Layer:
     @property
     def spatial(self) -> int:
         return int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
+
+    @property
+    def is_pool(self) -> bool:
+        return self.window > 0
+
+
+def _pool_site(node: fx.Node, depth: int, before: list[Layer]) -> ActivationSite:
+    """A max-pool as a layer of the `layer` coordinate (kind `maxpool`; channels set once its shape is known)."""
+    name = node.target if node.op == "call_module" else node.name
+    stage = before[-1].site.stage if before else 0
+    return ActivationSite(name=name, depth=depth, stage=stage, block=-1, n_channels=0, source="other",
+                          node=node.name, kind="maxpool")
 
 
 @dataclass
@@ -156,8 +168,22 @@ class Tangent:
             raise RfprobeError(f"partition: {arch} has no ReLU, so it has no linear-region boundaries to measure")
         nodes = {node.name: node for node in graph.graph.nodes}
         modules = dict(graph.named_modules())
+        position = {name: i for i, name in enumerate(nodes)}
+        pools = [node for node in graph.graph.nodes
+                 if is_max_pool(node, modules.get(node.target) if node.op == "call_module" else None)]
+        order = sorted([*sites.relu, *pools], key=lambda item: position[item.node if isinstance(item, ActivationSite)
+                                                                          else item.name])
         pre, inputs, layers = [], [], []
-        for site in sites.relu:
+        for depth, item in enumerate(order):
+            if not isinstance(item, ActivationSite):
+                layers.append(Layer(_pool_site(item, depth, layers), (), 0, window=1))
+                window = max_pool_window(item, modules.get(item.target) if item.op == "call_module" else None)
+                with graph.graph.inserting_after(item):
+                    pre.append(graph.graph.call_function(max_pool_pairs, (item.all_input_nodes[0], window.kernel,
+                                                                          window.stride, window.padding)))
+                inputs.append(None)
+                continue
+            site = replace(item, depth=depth)
             z = nodes[site.node].args[0]
             pre.append(z)
             layer = Layer(site, (), 0)
@@ -189,6 +215,9 @@ class Tangent:
         offset = 0
         for layer, z in zip(layers, zs):
             layer.shape = tuple(z.shape[1:])
+            if layer.is_pool:
+                layer.window = layer.shape[-1]
+                layer.site = replace(layer.site, n_channels=layer.shape[0])
             layer.offset = offset
             offset += layer.size
             if layer.producer is not None:
@@ -196,6 +225,10 @@ class Tangent:
         tf.n_units = offset
         tf.program = Program(graph, [layer.site.node for layer in layers], tf.input_shape, dtype, device)
         return tf
+
+    @property
+    def has_pools(self) -> bool:
+        return any(layer.is_pool for layer in self.layers)
 
     # ------------------------------------------------------------ forward passes
 
@@ -231,8 +264,27 @@ class Tangent:
         """Points per JVP that keep each (points, units) float64 tensor near 64 MB (at least `minimum`)."""
         return max(minimum, min(1 << 14, (1 << 23) // max(self.n_units, 1)))
 
-    def layer_of_unit(self) -> np.ndarray:
-        return np.concatenate([np.full(layer.size, i) for i, layer in enumerate(self.layers)])
+    def count_by_layer(self, flags: torch.Tensor) -> np.ndarray:
+        """Per layer, the units flagged in `flags` (units,) bool; for a max-pool, the windows with a flagged
+        pair unit (one argmax change is one boundary, though it flips two pair units)."""
+        out = np.zeros(len(self.layers), dtype=np.int64)
+        for i, layer in enumerate(self.layers):
+            piece = flags[layer.offset:layer.offset + layer.size]
+            out[i] = int((piece.view(-1, layer.window).any(1) if layer.is_pool else piece).sum())
+        return out
+
+    def neighbour(self, signs: np.ndarray, unit: int) -> np.ndarray:
+        """The sign pattern across the facet of `unit` from the pattern `signs`: a ReLU unit flips; a max-pool
+        pair unit j becomes its window's argmax (z_j = 0, every other entry z > 0)."""
+        out = signs.copy()
+        layer = self.layers[int(np.searchsorted([l.offset for l in self.layers], unit, side="right")) - 1]
+        if not layer.is_pool:
+            out[unit] = not out[unit]
+            return out
+        start = layer.offset + (unit - layer.offset) // layer.window * layer.window
+        out[start:start + layer.window] = True
+        out[unit] = False
+        return out
 
     def weight_norms(self) -> list[torch.Tensor | None]:
         """||w_k|| per channel of each layer's feeding conv/linear (over its fan-in), None where there is none."""

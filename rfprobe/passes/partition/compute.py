@@ -1,7 +1,8 @@
 """`rfprobe partition`: exact linear-region (spline partition) statistics of a ReLU network.
 
 A ReLU network with BN in eval mode is continuous piecewise affine: its input space is split into convex
-regions, one per sign pattern of the ReLU inputs (docs/science.md section 2). Built on `rfprobe.geometry`
+regions, one per sign pattern of the ReLU inputs and argmax of every max-pool window (docs/science.md
+section 2; a max-pool is a layer of pair units z_j = w_argmax - w_j, `rfprobe.geometry.dual`). Built on `rfprobe.geometry`
 (float64, BN as a fixed affine map), `run` measures, each as variables of one Dataset:
 
 - `breakpoints` `(segment_kind, segment)`: the exact number of region boundaries crossed along segments
@@ -70,7 +71,11 @@ DEFINITIONS = {
                        "segments: train-train (data pairs), point-noise "
                        "(data point to N(0, I) in normalised input space), radius (data point to a point at "
                        "distance `radius` in a uniform random direction)",
-    "distance_definition": "min_k |z_k| / ||grad_x z_k||, k over every ReLU input; exact by forward mode over "
+    "maxpool_definition": "a max-pool window (c, y, x) with entries w_1..w_K and argmax a has pair units "
+                          "z_j = w_a - w_j >= 0; z_j = 0 (j != a) is an argmax change, a region boundary. Units of "
+                          "a pool layer are its pair units, except local complexity, which counts windows",
+    "distance_definition": "min_k |z_k| / ||grad_x z_k||, k over every ReLU input and max-pool pair unit; exact "
+                           "by forward mode over "
                            "input dims, or Hutchinson with `probes` N(0, I) directions",
     "unit_distance_definition": "|z_k| sigma_k / (|gamma_k| ||w_k||) in the layer's input space (|z_k|/||w_k|| "
                                 "without BN); data_spread = sqrt(E||h - E h||^2) over layer inputs (patches)",
@@ -240,18 +245,17 @@ def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
 def local_complexity(tf: Tangent, x: torch.Tensor, generator: torch.Generator, radius: float = LC_RADIUS,
                      vertices: int = LC_VERTICES) -> tuple[np.ndarray, np.ndarray]:
     """Per point and layer: units whose sign is not constant over the vertices x +- radius u_i
-    (u_i orthonormal, random; min(vertices / 2, input dim) of them). Returns (total (N,), per layer (N, L))."""
+    (u_i orthonormal, random; min(vertices / 2, input dim) of them), for a max-pool the windows whose argmax is
+    not constant. Returns (total (N,), per layer (N, L))."""
     dim = int(np.prod(tf.input_shape))
     half = min(vertices // 2, dim)
     per_layer = np.zeros((x.shape[0], len(tf.layers)), dtype=np.int64)
-    layer_of = torch.as_tensor(tf.layer_of_unit(), device=tf.device)
     for i in range(x.shape[0]):
         u, _ = torch.linalg.qr(torch.randn((dim, half), generator=generator, dtype=torch.float64))
         u = u.T.to(tf.device)
         points = x[i].flatten() + radius * torch.cat([u, -u])
         s = tf.signs(points, batch=tf.rows())
-        changed = s.any(0) & ~s.all(0)
-        per_layer[i] = torch.bincount(layer_of[changed], minlength=len(tf.layers)).cpu().numpy()
+        per_layer[i] = tf.count_by_layer(s.any(0) & ~s.all(0))
     return per_layer.sum(1), per_layer
 
 
