@@ -5,6 +5,8 @@
   version (`cifar-10-batches-bin`); `download=True` uses torchvision's downloader.
 - `synthetic`: the embedded default, generated from a seed with no files (see `make_synthetic`).
 - `toy2d[:moons|circles|spirals|blobs]`: 2-D points for MLP partition studies (see `make_toy2d`).
+- `imagefolder`: a folder of images, one sub-folder per class, *not* held in memory: `x` is an
+  `rfprobe.imagefolder.ImageFolderSource` decoded in DataLoader workers as `batches` streams it.
 
 Images are uint8 `(N, 3, 32, 32)`; toy points float32 `(N, 2)`; labels int64. `batches` yields float
 batches on the device, normalised per channel with the Data's `normalization` (the dataset's default until
@@ -19,7 +21,7 @@ import os
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -27,20 +29,23 @@ import torch
 from rfprobe.errors import DataError, RfprobeError
 from rfprobe.normalization import Normalization, attrs, for_dataset
 
+if TYPE_CHECKING:
+    from rfprobe.imagefolder import ImageFolderSource
+
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TOY2D_KINDS = ("moons", "circles", "spirals", "blobs")
-DATASETS = ("cifar10", "cifar100", "synthetic", "toy2d", *(f"toy2d:{k}" for k in TOY2D_KINDS))
+DATASETS = ("cifar10", "cifar100", "synthetic", "toy2d", *(f"toy2d:{k}" for k in TOY2D_KINDS), "imagefolder")
 SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}
 
 
 @dataclass(frozen=True)
 class Data:
-    """One split of a dataset, in memory."""
+    """One split of a dataset, in memory (`x` a tensor) or streamed from files (`x` an ImageFolderSource)."""
 
     name: str
     split: str
-    x: torch.Tensor
+    x: "torch.Tensor | ImageFolderSource"
     y: torch.Tensor
     classes: tuple[str, ...]
     normalization: Normalization
@@ -49,9 +54,15 @@ class Data:
     """where `normalization` came from: the dataset's default, a checkpoint's record, an option"""
     measurement: tuple = ()
     """(name, value) pairs a result records of how the model was measured on it (rfprobe.normstats)"""
+    workers: int = 0
+    """DataLoader worker processes decoding a streamed dataset (0: in the main process)"""
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.x, torch.Tensor)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -73,11 +84,31 @@ class Data:
         return replace(self, normalization=normalization, normalization_source=source)
 
     def normalization_attrs(self) -> dict[str, str]:
-        """What a result records of the input normalisation (`normalization`, `_mean`, `_std`, `_source`)."""
-        return {**attrs(self.normalization, self.normalization_source), **dict(self.measurement)}
+        """What a result records of the input normalisation (`normalization`, `_mean`, `_std`, `_source`), of
+        how the model was measured, and for an image folder the folder, its size, the transform and the files
+        that did not decode (rfprobe.imagefolder.describe)."""
+        from rfprobe.imagefolder import describe
+
+        folder = describe(self.classes, self.x) if self.streamed else {}
+        return {**attrs(self.normalization, self.normalization_source), **dict(self.measurement), **folder}
 
     def to(self, device: str | torch.device) -> "Data":
-        return replace(self, x=self.x.to(device), y=self.y.to(device))
+        return replace(self, x=self.x if self.streamed else self.x.to(device), y=self.y.to(device))
+
+    def select(self, index) -> "Data":
+        """The examples at `index` (a slice or positions), streamed or not."""
+        x = self.x.take(index) if self.streamed else self.x[index]
+        return replace(self, x=x, y=self.y[index] if isinstance(index, slice) else self.y[torch.as_tensor(index)])
+
+    def materialized(self) -> "Data":
+        """The same examples held in memory (an image folder decoded here, undecodable files dropped): for
+        passes that keep every point at once (partition, signal), on a `--limit` of the data."""
+        if not self.streamed:
+            return self
+        from rfprobe.imagefolder import describe
+
+        x, y = self.x.decode_all()
+        return replace(self, x=x, y=y, measurement=self.measurement + tuple(describe(self.classes, self.x).items()))
 
     def subset(self, limit: int | None) -> "Data":
         """The first `limit` examples (the order is fixed, so a subset is reproducible)."""
@@ -85,7 +116,7 @@ class Data:
             return self
         if limit < 1:
             raise RfprobeError(f"--limit must be at least 1, got {limit}")
-        return replace(self, x=self.x[:limit], y=self.y[:limit])
+        return self.select(slice(0, limit))
 
 
 def default_root() -> Path:
@@ -366,21 +397,31 @@ def check_split(split: str) -> None:
 
 def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | None = None, download: bool = False,
                  limit: int | None = None, seed: int = 0, n: int | None = None, noise: float = 0.1,
-                 strict: bool = False) -> Data:
+                 strict: bool = False, workers: int | None = None) -> Data:
     """Load one split of a dataset by name (see the module docstring); `limit` keeps the first N examples.
     `seed`, `n` and `noise` apply to the generated datasets only; `strict` refuses a CIFAR split smaller than
-    published (`check_cifar`)."""
+    published (`check_cifar`); `workers`: decoding processes of an image folder (default min(8, CPUs))."""
     check_split(split)
     check_dataset_name(name)
     if limit is not None and limit < 1:
         raise RfprobeError(f"--limit must be at least 1, got {limit}")
     if name in ("cifar10", "cifar100"):
         data = load_cifar(name, split, root, download, strict)
+    elif name == "imagefolder":
+        from rfprobe.imagefolder import load_imagefolder
+
+        data = load_imagefolder(root, split)
+        data = replace(data, workers=default_workers() if workers is None else workers)
     elif name == "synthetic":
         data = load_synthetic(split, seed, n if n else (None if limit is None else min(limit, SYNTHETIC_SIZES[split])))
     else:
         data = load_toy2d(name.partition(":")[2] or "moons", split, n or 1000, noise, seed)
     return data.subset(limit)
+
+
+def default_workers() -> int:
+    """DataLoader workers for an image folder when `--workers` is not given: min(8, usable CPUs)."""
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def normalize(x: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -400,6 +441,9 @@ def batches(data: Data, batch_size: int, device: str | torch.device = "cpu", *, 
     if batch_size < 1:
         raise RfprobeError(f"--batch-size must be at least 1, got {batch_size}")
     device = torch.device(device)
+    if data.streamed:
+        yield from _streamed_batches(data, batch_size, device, shuffle, generator, drop_last, dtype)
+        return
     x, y = data.x.to(device), data.y.to(device)
     n = len(data)
     order = torch.randperm(n, generator=generator).to(device) if shuffle else None
@@ -407,3 +451,28 @@ def batches(data: Data, batch_size: int, device: str | torch.device = "cpu", *, 
     for start in range(0, stop, batch_size):
         index = slice(start, min(start + batch_size, n)) if order is None else order[start:start + batch_size]
         yield normalize(x[index], data.mean, data.std, dtype), y[index]
+
+
+def _streamed_batches(data: Data, batch_size: int, device: torch.device, shuffle: bool, generator, drop_last: bool,
+                      dtype: torch.dtype) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`batches` of an image folder: decoded by `data.workers` DataLoader processes (pinned memory on CUDA), a
+    few batches ahead, so memory holds a few batches, not the dataset. Files that do not decode are dropped from
+    their batch, named in one line each and recorded (`ImageFolderSource.skipped`)."""
+    from rfprobe.loading import warn
+
+    source = data.x
+    loader = torch.utils.data.DataLoader(
+        source, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+        num_workers=data.workers, pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=2 if data.workers else None)
+    for x, y, errors in loader:
+        failed = [e for e in errors if e]
+        if failed:
+            for error in failed:
+                warn(f"{error}; skipped")
+            source.skipped.extend(failed)
+            keep = torch.tensor([not e for e in errors])
+            x, y = x[keep], y[keep]
+            if not len(y):
+                continue
+        yield normalize(x.to(device, non_blocking=True), data.mean, data.std, dtype), y.to(device)

@@ -89,6 +89,9 @@ class DataOptions:
     std: str | None = None
     strict: bool = False
     norm_stats: str = "running"
+    workers: int | None = None
+    image_size: int | None = None
+    resize: int | None = None
 
     @classmethod
     def of(cls, o: SimpleNamespace, **given) -> "DataOptions":
@@ -97,7 +100,9 @@ class DataOptions:
         check_positive(batch_size=getattr(o, "batch_size", None))
         values = dict(dataset=o.dataset, split=o.split, root=o.data_root, download=o.download,
                       limit=getattr(o, "limit", None), normalization=o.normalization, mean=o.mean, std=o.std,
-                      strict=getattr(o, "strict", False), norm_stats=getattr(o, "norm_stats", None) or "running")
+                      strict=getattr(o, "strict", False), norm_stats=getattr(o, "norm_stats", None) or "running",
+                      workers=getattr(o, "workers", None), image_size=getattr(o, "image_size", None),
+                      resize=getattr(o, "resize", None))
         return cls(**{**values, **given})
 
     def __post_init__(self):
@@ -110,7 +115,14 @@ class DataOptions:
         if self.dataset is not None:
             check_dataset_name(self.dataset)
         check_split(self.split)
-        check_positive(limit=self.limit)
+        check_positive(limit=self.limit, image_size=self.image_size, resize=self.resize)
+        if self.workers is not None and self.workers < 0:
+            raise RfprobeError(f"--workers must be 0 or more, got {self.workers}")
+        if self.dataset not in (None, "imagefolder") and (self.image_size or self.resize):
+            raise RfprobeError(f"--image-size and --resize apply to --dataset imagefolder, not {self.dataset}")
+        if self.dataset == "imagefolder" and self.root is None:
+            raise RfprobeError("--dataset imagefolder needs --data-root DIR: a folder with one sub-folder of images "
+                               "per class (or DIR/train and DIR/val holding those)")
         from_options(self.normalization, self.mean, self.std)
         parse(self.norm_stats)
 
@@ -134,7 +146,7 @@ class DataOptions:
         from rfprobe.data import load_dataset
 
         return load_dataset(self.dataset or dataset, self.split, root=self.root, download=self.download, limit=self.limit,
-                            strict=self.strict)
+                            strict=self.strict, workers=self.workers)
 
     def for_checkpoint(self, checkpoint, data, batch_size: int | None = None, model=None):
         """`data` normalised as `checkpoint` needs (rfprobe.normalization.resolve), warning where it is a guess,
@@ -143,13 +155,17 @@ class DataOptions:
         from rfprobe.normalization import resolve
         from rfprobe.normstats import apply
 
+        model = model if model is not None else getattr(checkpoint, "model", None)
+        if data.streamed:
+            from rfprobe.imagefolder import resolve_transform
+
+            data = replace(data, x=data.x.with_transform(resolve_transform(model, self.image_size, self.resize)))
         if checkpoint is not None:
             warn_dataset_mismatch(checkpoint, data)
         resolved = resolve(checkpoint, data.name, self.override)
         if resolved.warning:
             warn(resolved.warning)
         data = data.with_normalization(resolved.normalization, resolved.source)
-        model = model if model is not None else getattr(checkpoint, "model", None)
         if model is None:
             return data
         measured = apply(model, self.norm_stats, data, batch_size,

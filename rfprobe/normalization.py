@@ -55,7 +55,8 @@ PRESETS: dict[str, Normalization] = {n.name: n for n in (
 OpenLTH uses for CIFAR; `kuangliu`: pytorch-cifar's; `half`: 0.5 / 0.5 (inputs in [-1, 1]); `synthetic`:
 rfprobe's synthetic gratings; `none`: pixel / 255 (float inputs unchanged)."""
 
-DATASET_DEFAULTS = {"cifar10": "cifar10", "cifar100": "cifar100", "synthetic": "synthetic", "toy2d": "none"}
+DATASET_DEFAULTS = {"cifar10": "cifar10", "cifar100": "cifar100", "synthetic": "synthetic", "toy2d": "none",
+                    "imagefolder": "imagenet"}
 """What a dataset is normalised with when nothing else says (the trainer's default too)."""
 
 OPENLTH_HINT = "OpenLTH checkpoints were trained with --normalization imagenet"

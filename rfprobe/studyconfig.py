@@ -16,10 +16,18 @@ from rfprobe.passes import REGISTRY
 from rfprobe.passes.base import Pass
 
 DATA_OPTIONS = (
-    Option("dataset", None, "cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs]", type=Optional[str]),
+    Option("dataset", None, "cifar10, cifar100, synthetic, toy2d[:moons|circles|spirals|blobs], imagefolder (with "
+                            "--data-root DIR: DIR/<class>/<image>, or DIR/train and DIR/val holding those)",
+           type=Optional[str]),
     Option("data_root", None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)", type=Optional[Path]),
     Option("download", False, "download CIFAR through torchvision if missing (needs internet)"),
     Option("split", "test", "train or test"),
+    Option("workers", None, "imagefolder: DataLoader processes decoding images (default min(8, CPUs); 0 decodes "
+                            "in this process)", type=Optional[int]),
+    Option("image_size", None, "imagefolder: centre-crop size (default: the model's own evaluation transform, "
+                               "else its input size)", type=Optional[int]),
+    Option("resize", None, "imagefolder: resize the shorter side to this before cropping (default image size / "
+                           "0.875)", type=Optional[int]),
     Option("limit", None, "use the first N examples", type=Optional[int]),
     Option("batch_size", 500, "examples per forward pass"),
     Option("normalization", None, "input normalisation preset for every checkpoint: cifar10, cifar100, imagenet "

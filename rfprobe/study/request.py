@@ -61,7 +61,8 @@ class Request:
                            data_root=data.resolved_root(), normalization=normalization or data.normalization,
                            mean=None if normalization else data.mean, std=None if normalization else data.std,
                            limit=self.limits.get(pass_name), batch_size=self.batch_sizes.get(pass_name),
-                           device=device_kind)
+                           device=device_kind, **{k: v for k, v in (("image_size", data.image_size),
+                                                                     ("resize", data.resize)) if v is not None})
         return json.dumps(decided, sort_keys=True, default=str)
 
 

@@ -105,15 +105,18 @@ def _channels(model: nn.Module, sites: list[NormSite]) -> _Channels:
 
 
 def evaluate(model: nn.Module, data: Data, batch_size: int, device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` (in eval mode) over `data`."""
+    """(accuracy, mean cross-entropy) of `model` (in eval mode) over the examples of `data` it sees (an image
+    folder's undecodable files are not among them)."""
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
     with torch.inference_mode():
         for x, y in batches(data, batch_size, device):
             logits = model(x)
             correct += (logits.argmax(1) == y).sum()
             loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
-    return float(correct) / len(data), float(loss) / len(data)
+            seen += int(y.shape[0])
+    return float(correct) / max(seen, 1), float(loss) / max(seen, 1)
 
 
 def set_channels(model: nn.Module, channels: _Channels, selected: torch.Tensor, gamma: torch.Tensor | float = 0.0,

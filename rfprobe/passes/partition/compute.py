@@ -402,6 +402,7 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
     segment_kinds = check_options(segments_per_kind, segment_kinds, radius, max_breakpoints, exact_points, probes,
                                   lc_points, jitter_batches, jitter_batch_size, slice_resolution, slice_max_regions)
     device = torch.device(device)
+    data = data.materialized()
     if recalibrate:
         model = recalibrate_bn(model, data, batch_size, device)
     tf = Tangent.from_model(model, device=device)

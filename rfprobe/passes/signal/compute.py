@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +237,7 @@ def data_input(dataset: str, batch: int, seed: int, *, split: str = "test", root
     check_options("data", batch)
     data = load_dataset(dataset, split, root=root, download=download, seed=seed)
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:batch]
-    return replace(data, x=data.x[index], y=data.y[index])
+    return data.select(index).materialized()
 
 
 def run(model: nn.Module, x: torch.Tensor | Data, *, batch_stats: bool, checkpoint=None, input_kind: str = "gaussian",
@@ -251,6 +250,7 @@ def run(model: nn.Module, x: torch.Tensor | Data, *, batch_stats: bool, checkpoi
     check_options(input_kind, 2)
     extra = {}
     if isinstance(x, Data):
+        x = x.materialized()
         input_kind, dataset, split, extra = "data", x.name, x.split, x.normalization_attrs()
         device = next(model.parameters(), torch.empty(0)).device
         x = normalize(x.x.to(device), x.mean, x.std)

@@ -357,10 +357,11 @@ def run(model: nn.Module, data: Data, *, batch_size: int = 500, device: str | to
         pooled_hist = torch.zeros(bins, dtype=torch.int64, device=device)
         pooled_k = torch.zeros((), dtype=torch.int64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        n = len(data)
-        steps = (n + batch_size - 1) // max(batch_size, 1)
+        steps = (len(data) + batch_size - 1) // max(batch_size, 1)
+        n = 0
         with torch.inference_mode():
-            for x, y in track(batches(data, batch_size, device), steps, "sparsity", progress):
+            for x, y in track(batches(data, batch_size, device), steps, "sparsity", progress, unit=batch_size):
+                n += int(y.shape[0])
                 shared.batch_k = torch.zeros(x.shape[0], dtype=torch.int64, device=device)
                 logits = _forward(probed, x, compile)
                 correct += (logits.argmax(1) == y).sum()

@@ -1,0 +1,186 @@
+"""Image folders streamed through DataLoader workers: against an independent loop over the same files through
+torchvision's ImageFolder and transforms, against the same pass on the decoded tensors held in memory, with a
+file that will not decode and one that is not an image at all."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+from typer.testing import CliRunner
+
+from rfprobe.checkpoint import save_checkpoint
+from rfprobe.cli import app, main
+from rfprobe.data import load_dataset
+from rfprobe.errors import RfprobeError
+from rfprobe.imagefolder import resolve_transform
+from rfprobe.loading import DataOptions
+from rfprobe.models import build_model
+from rfprobe.passes import sparsity
+from rfprobe.results import open_result
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CLASSES = 10
+PER_CLASS = 20
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """200 images in 10 class folders (JPEG and PNG; RGB, greyscale, RGBA, palette and CMYK; 20 to 80 pixels a
+    side) and one truncated JPEG, whose header is a JPEG's but whose body ends early."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for c in range(CLASSES):
+        (root / f"class_{c}").mkdir()
+        for i in range(PER_CLASS):
+            h, w = rng.integers(20, 81, 2)
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            pixels[..., c % 3] //= 2
+            image = Image.fromarray(pixels)
+            kind = (c + i) % 6
+            if kind == 0:
+                image.save(root / f"class_{c}" / f"{i}.jpg", quality=90)
+            elif kind == 1:
+                image.convert("L").save(root / f"class_{c}" / f"{i}.jpeg")
+            elif kind == 2:
+                image.convert("RGBA").save(root / f"class_{c}" / f"{i}.png")
+            elif kind == 3:
+                image.convert("P").save(root / f"class_{c}" / f"{i}.png")
+            elif kind == 4:
+                image.convert("CMYK").save(root / f"class_{c}" / f"{i}.jpg")
+            else:
+                image.convert("L").save(root / f"class_{c}" / f"{i}.png")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    (root / "class_3" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    return root
+
+
+class SmallNet(nn.Module):
+    """conv-BN-ReLU, conv-ReLU, pooled, linear, on 3 x 32 x 32 (so its transform is resize 37, crop 32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                      nn.Conv2d(6, 5, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(5, CLASSES)
+        self.rfprobe_input_shape = (3, 32, 32)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = SmallNet()
+    with torch.no_grad():
+        net.features[1].running_mean.uniform_(-0.2, 0.2)
+        net.features[1].bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def streamed(folder, model, workers=0):
+    options = DataOptions(dataset="imagefolder", root=str(folder), workers=workers)
+    return options.for_checkpoint(None, options.load(), model=model)
+
+
+def reference_zero_fractions(folder, model) -> list[np.ndarray]:
+    """Per ReLU module and channel, the fraction of zero outputs over every image and position, by torchvision's
+    ImageFolder with Resize(37) + CenterCrop(32) + ToTensor + Normalize(ImageNet's), one image at a time."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.Resize(37), transforms.CenterCrop(32), transforms.ToTensor(),
+                                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    images = datasets.ImageFolder(str(folder))
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    zeros, counts = [0.0] * len(relus), [0] * len(relus)
+    outputs = {}
+    handles = [r.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out)) for i, r in enumerate(relus)]
+    try:
+        with torch.no_grad():
+            for path, _ in images.samples:
+                try:
+                    x = transform(Image.open(path).convert("RGB"))
+                except OSError:
+                    continue
+                model(x[None])
+                for i in range(len(relus)):
+                    zeros[i] = zeros[i] + (outputs[i][0] == 0).double().sum((1, 2)).numpy()
+                    counts[i] += outputs[i][0, 0].numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [z / c for z, c in zip(zeros, counts)]
+
+
+def test_transform_is_the_models_own_else_its_input_size(model):
+    assert resolve_transform(model).describe() == "resize 37 (bilinear), centre crop 32 (model input size)"
+    assert resolve_transform(model, image_size=48).describe() == "resize 55 (bilinear), centre crop 48 (options)"
+    tv = build_model("torchvision:resnet18", 10)
+    assert (resolve_transform(tv).resize, resolve_transform(tv).crop) == (256, 224)
+
+
+def test_sparsity_on_a_streamed_folder_equals_an_independent_loop(folder, model, capsys):
+    data = streamed(folder, model, workers=2)
+    assert len(data) == CLASSES * PER_CLASS + 1 and data.streamed
+    ds = sparsity.run(model, data, batch_size=64)
+    err = capsys.readouterr().err
+    assert err.count("truncated.jpg") == 1 and "skipped" in err
+    want = reference_zero_fractions(folder, model)
+    for i, expected in enumerate(want):
+        got = ds["zero_fraction"].values[i, :len(expected)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert ds.attrs["undecodable_files"] == 1 and "truncated.jpg" in ds.attrs["undecodable_file_names"]
+    assert ds.attrs["image_folder_images"] == CLASSES * PER_CLASS + 1 and ds.attrs["image_folder_classes"] == CLASSES
+    assert ds.attrs["normalization"] == "imagenet" and "centre crop 32" in ds.attrs["image_transform"]
+
+
+def test_streamed_pass_equals_the_pass_on_the_decoded_tensors_in_memory(folder, model):
+    data = streamed(folder, model, workers=0)
+    in_memory = data.materialized()
+    assert not in_memory.streamed and len(in_memory) == CLASSES * PER_CLASS
+    a = sparsity.run(model, data, batch_size=32)
+    b = sparsity.run(model, in_memory, batch_size=32)
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_bad_folders_are_refused_in_one_line_before_any_work(folder, tmp_path):
+    with pytest.raises(RfprobeError, match="needs --data-root"):
+        DataOptions(dataset="imagefolder")
+    with pytest.raises(RfprobeError, match="--image-size and --resize apply to --dataset imagefolder"):
+        DataOptions(dataset="cifar10", image_size=64)
+    with pytest.raises(RfprobeError, match="does not exist"):
+        load_dataset("imagefolder", root=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RfprobeError, match="no class sub-folders"):
+        load_dataset("imagefolder", root=tmp_path / "empty")
+    copy = tmp_path / "copy"
+    shutil.copytree(folder / "class_0", copy / "class_0")
+    (copy / "class_0" / "notes.jpg").write_text("<html>not an image</html>")
+    with pytest.raises(RfprobeError, match=r"notes\.jpg has no image header .*: not an image"):
+        load_dataset("imagefolder", root=copy)
+
+
+def test_cli_sparsity_on_an_image_folder(folder, tmp_path, capsys):
+    ckpt = tmp_path / "r8.pt"
+    save_checkpoint(ckpt, build_model("cifar_resnet_8", seed=0), dataset="cifar10")
+    out = tmp_path / "sparsity.zarr"
+    result = CliRunner().invoke(app, ["sparsity", str(ckpt), "--dataset", "imagefolder", "--data-root", str(folder),
+                                      "--workers", "2", "--limit", "50", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    attrs = open_result(out).attrs
+    assert attrs["dataset"] == "imagefolder" and attrs["image_folder_images"] == 50 and attrs["n_examples"] == 50
+    assert attrs["image_folder"] == str(folder.resolve()) and attrs["undecodable_files"] == 0
+    for extra, words in (([], "needs --data-root"), (["--data-root", str(folder), "--workers", "-1"], "--workers")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sparsity", str(ckpt), "--dataset", "imagefolder", *extra, "--out", str(tmp_path / "x.zarr")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1, err
+        assert words in err
+    assert not (tmp_path / "x.zarr").exists()
