@@ -122,18 +122,9 @@ class ImageFolderSource(torch.utils.data.Dataset):
         return (len(self.files), 3, self.transform.crop, self.transform.crop)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         if self._built is None:
             self._built = self.transform.build()
-        path = self.files[i]
-        try:
-            with Image.open(path) as image:
-                x = self._built(image.convert("RGB"))
-            return x, int(self.labels[i]), ""
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            crop = self.transform.crop
-            return torch.zeros((3, crop, crop), dtype=torch.uint8), int(self.labels[i]), f"{path}: {error}"
+        return decode(self.files[i], int(self.labels[i]), self._built, self.transform.crop)
 
     def take(self, index) -> "ImageFolderSource":
         """The files at `index` (a slice, or integer positions), as a source of their own."""
@@ -153,6 +144,18 @@ class ImageFolderSource(torch.utils.data.Dataset):
         if not kept:
             return torch.zeros((0, 3, crop, crop), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
         return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept], dtype=torch.int64)
+
+
+def decode(path: str, label: int, transform, crop: int) -> tuple[torch.Tensor, int, str]:
+    """(uint8 image, label, "") for a file PIL decodes (as RGB, then `transform`), else (zeros of the crop's
+    shape, label, "PATH: why") for the batch to drop and the pass to name."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB")), label, ""
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return torch.zeros((3, crop, crop), dtype=torch.uint8), label, f"{path}: {error}"
 
 
 def _split_folder(root: Path, split: str) -> Path:
@@ -223,3 +226,35 @@ def describe(classes: Sequence[str], source: ImageFolderSource) -> dict[str, str
     return {"image_folder": source.root, "image_folder_images": len(source), "image_folder_classes": len(classes),
             "image_transform": source.transform.describe(), "undecodable_files": len(source.skipped),
             "undecodable_file_names": "; ".join(source.skipped[:20])}
+
+
+@dataclass(eq=False)
+class TrainImages(torch.utils.data.Dataset):
+    """Training items of an image folder for one epoch: RandomResizedCrop(crop) (scale 0.08-1, ratio 3/4-4/3)
+    and a horizontal flip with probability 1/2 (torchvision's, on the PIL image), else the evaluation transform.
+    The draws for item i of epoch e come from torch's generator seeded by (seed, e, i) in a forked RNG, so they
+    are the same whichever worker decodes the item, and a resumed run replays them exactly."""
+
+    source: ImageFolderSource
+    crop: int
+    seed: int
+    epoch: int = 0
+    augment: bool = True
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _transform(self):
+        from torchvision import transforms
+
+        if not self.augment:
+            return default_transform(self.crop).build()
+        return transforms.Compose([transforms.RandomResizedCrop(self.crop, antialias=True),
+                                   transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+
+    def __getitem__(self, i: int):
+        if getattr(self, "_built", None) is None:
+            self._built = self._transform()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            return decode(self.source.files[i], int(self.source.labels[i]), self._built, self.crop)

@@ -3,6 +3,7 @@ torchvision's ImageFolder and transforms, against the same pass on the decoded t
 file that will not decode and one that is not an image at all."""
 
 import io
+import json
 import shutil
 
 import numpy as np
@@ -184,3 +185,75 @@ def test_cli_sparsity_on_an_image_folder(folder, tmp_path, capsys):
         assert exit_info.value.code == 2 and err.startswith("rfprobe: error: ") and err.count("\n") == 1, err
         assert words in err
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def split_folder(tmp_path_factory):
+    """DIR/train (4 classes x 24 images and a truncated JPEG) and DIR/val (4 x 6), JPEG and PNG, 24 to 60 px."""
+    root = tmp_path_factory.mktemp("splits")
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 24), ("val", 6)):
+        for c in range(4):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                h, w = rng.integers(24, 61, 2)
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                pixels[..., c % 3] = pixels[..., c % 3] // 4 + 160
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.{'png' if i % 3 else 'jpg'}")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    (root / "train" / "c1" / "truncated.jpg").write_bytes(buffer.getvalue()[:200])
+    return root
+
+
+def test_trainer_on_an_image_folder_resumes_bitwise(split_folder, tmp_path, monkeypatch, capsys):
+    """Two epochs on DIR/train (RandomResizedCrop + flip decoded by 2 workers), evaluated on DIR/val; a run
+    interrupted after its first epoch and resumed with decoding in the main process ends bitwise where the
+    uninterrupted one ends: each image's crop and flip are drawn from (seed, epoch, index), not from a worker."""
+    import train.run
+    from rfprobe.checkpoint import load_checkpoint
+    from train import Config
+
+    run = dict(arch="cifar_resnet_8_4", dataset="imagefolder", data_root=str(split_folder), epochs=2, batch_size=16,
+               lr=0.05, save_every=0, threads=1, progress=False)
+    reference = train.run.train(Config(out=str(tmp_path / "reference"), workers=2, **run))
+    err = capsys.readouterr().err
+    assert err.count("truncated.jpg") == 2, err  # once per epoch
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and all(r["test_acc"] is not None for r in rows)
+    # 6 full batches of 16 drawn from 97 files; the truncated one was drawn (and dropped) in both epochs
+    assert [r["train_images"] for r in rows[1:]] == [95, 95]
+    assert rows[1]["lr"] == pytest.approx(0.05 / 5)  # the imagenet recipe's warm-up (5 epochs)
+
+    real_save = train.run.save_checkpoint
+
+    def save_then_die(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.run, "save_checkpoint", save_then_die)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train.run.train(Config(out=str(out), workers=0, **run))
+    monkeypatch.setattr(train.run, "save_checkpoint", real_save)
+    assert load_checkpoint(out / "last.pt").epoch == 1 and not (out / "final.pt").exists()
+    resumed = train.run.train(Config(out=str(out), workers=0, resume=True, **run))
+    a, b = load_checkpoint(reference / "final.pt"), load_checkpoint(resumed / "final.pt")
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), f"{name} differs after resume"
+    timing = ("seconds", "images_per_s")
+    strip = [{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert strip == [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+
+def test_trainer_refuses_a_folder_without_splits(folder, tmp_path):
+    from train import Config
+    from train.run import train
+
+    with pytest.raises(RfprobeError, match="training needs DIR/train and DIR/val"):
+        train(Config(arch="cifar_resnet_8_4", dataset="imagefolder", data_root=str(folder), epochs=1,
+                     out=str(tmp_path / "run"), progress=False))
+    with pytest.raises(RfprobeError, match="needs --data-root"):
+        Config(arch="cifar_resnet_8_4", dataset="imagefolder").validate()

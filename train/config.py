@@ -1,7 +1,10 @@
-"""All hyperparameters of a run in one dataclass; defaults are the BN-only paper's CIFAR-10 recipe (docs/science.md).
+"""All hyperparameters of a run in one dataclass; defaults are the BN-only paper's recipes (docs/science.md).
 
-SGD momentum 0.9, lr 0.1 multiplied by 0.1 at epochs 80 and 120, 160 epochs, batch 128, weight decay
-1e-4 on the trainable tensors only, random crop 32 with 4-pixel padding + horizontal flip.
+`cifar` (the default for CIFAR, synthetic and toy data): SGD momentum 0.9, lr 0.1 multiplied by 0.1 at epochs 80
+and 120, 160 epochs, batch 128, weight decay 1e-4 on the trainable tensors only, random crop 32 with 4-pixel
+padding + horizontal flip. `imagenet` (the default for `--dataset imagefolder`; OpenLTH's ImageNet recipe): batch
+1024, lr 0.4 after 5 epochs of linear warm-up, multiplied by 0.1 at epochs 30, 60 and 80, 90 epochs, weight decay
+1e-4, RandomResizedCrop + horizontal flip.
 """
 
 from __future__ import annotations
@@ -21,16 +24,21 @@ from rfprobe.models import architecture_options, check_build_options
 from rfprobe.normalization import Normalization, for_dataset, from_options
 from rfprobe.trainable import ALSO, MODES
 
-RECIPE_EPOCHS = 160
-RECIPE_MILESTONES = (80, 120)
+RECIPES = {
+    "cifar": {"epochs": 160, "batch_size": 128, "lr": 0.1, "warmup_epochs": 0, "milestones": (80, 120)},
+    "imagenet": {"epochs": 90, "batch_size": 1024, "lr": 0.4, "warmup_epochs": 5, "milestones": (30, 60, 80)},
+}
+"""each recipe's schedule: the BN-only paper's CIFAR recipe and OpenLTH's ImageNet one (module docstring)"""
+RECIPE_EPOCHS = RECIPES["cifar"]["epochs"]
+RECIPE_MILESTONES = RECIPES["cifar"]["milestones"]
 
 
-
-def scaled_milestones(epochs: int) -> tuple[int, ...]:
-    """The recipe's milestones (80, 120 of 160 epochs) scaled to `epochs`: round(m * epochs / 160), at least
-    1, so the first epoch always runs at the base rate (rounding alone put a 1-epoch run at a tenth of it); a
-    milestone at or past the last epoch never applies (a 1-epoch run keeps the base rate throughout)."""
-    return tuple(max(1, round(m * epochs / RECIPE_EPOCHS)) for m in RECIPE_MILESTONES)
+def scaled_milestones(epochs: int, recipe: str = "cifar") -> tuple[int, ...]:
+    """The recipe's milestones (80, 120 of 160 epochs for cifar) scaled to `epochs`: round(m * epochs / E), at
+    least 1, so the first epoch always runs at the base rate (rounding alone put a 1-epoch run at a tenth of it);
+    a milestone at or past the last epoch never applies (a 1-epoch run keeps the base rate throughout)."""
+    schedule = RECIPES[recipe]
+    return tuple(max(1, round(m * epochs / schedule["epochs"])) for m in schedule["milestones"])
 
 
 def option(default, help: str, *, training: bool = False, cli: str | None = None, **extra):
@@ -56,7 +64,14 @@ class Config:
                                                  parse=int)
     mode: str = option("all", "all, bn, bn+output, norm (every normalisation layer's gamma/beta), norm+output, output, "
                               "none, gamma, beta, random", training=True)
-    dataset: str = option("cifar10", "cifar10, cifar100, synthetic, toy2d[:kind]", training=True)
+    dataset: str = option("cifar10", "cifar10, cifar100, synthetic, toy2d[:kind], imagefolder (with --data-root DIR: "
+                                     "DIR/train and DIR/val of class folders)", training=True)
+    recipe: str | None = option(None, "cifar or imagenet: the defaults of epochs, batch size, lr, warm-up and "
+                                      "milestones (default: imagenet for imagefolder, else cifar)", training=True)
+    image_size: int | None = option(None, "imagefolder: the training crop (RandomResizedCrop) and evaluation crop "
+                                          "(default: the model's input size, else 224)", training=True)
+    workers: int | None = option(None, "imagefolder: DataLoader processes decoding images in each training process "
+                                       "(default min(8, CPUs))")
     data_root: str | None = option(None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)")
     download: bool = option(False, "download CIFAR through torchvision if missing", cli="flag")
     out: str | None = option(None, "run directory (default runs/<arch>_<mode>_<dataset>_s<seed>)")
@@ -64,17 +79,21 @@ class Config:
     test_limit: int | None = option(None, "evaluate on the first N test examples")
     strict: bool = option(False, "refuse a CIFAR split with fewer examples than published (default: a warning line)",
                           cli="flag")
-    epochs: int = option(RECIPE_EPOCHS, "epochs", training=True)
-    batch_size: int = option(128, "global batch size (split over processes)", training=True)
+    epochs: int | None = option(None, "epochs (default: the recipe's, 160 or 90)", training=True)
+    batch_size: int | None = option(None, "global batch size, split over processes (default: the recipe's, 128 or "
+                                          "1024)", training=True)
     eval_batch_size: int = option(500, "batch size of evaluation")
-    lr: float = option(0.1, "initial learning rate", training=True)
+    lr: float | None = option(None, "initial learning rate (default: the recipe's, 0.1 or 0.4)", training=True)
+    warmup_epochs: int | None = option(None, "epochs of linear learning-rate warm-up: epoch e < W runs at lr (e + 1) / W "
+                                             "(default: the recipe's, 0 or 5)", training=True)
     momentum: float = option(0.9, "SGD momentum", training=True)
     weight_decay: float = option(1e-4, "weight decay on the trainable elements only", training=True)
     milestones: tuple[int, ...] | None = option(
-        None, f"epochs at which lr *= lr-factor (default {','.join(map(str, RECIPE_MILESTONES))} scaled by "
-              f"epochs/{RECIPE_EPOCHS})", training=True, cli="comma", parse=int)
+        None, f"epochs at which lr *= lr-factor (default the recipe's, {','.join(map(str, RECIPE_MILESTONES))} of "
+              f"{RECIPE_EPOCHS} or 30,60,80 of 90, scaled by epochs)", training=True, cli="comma", parse=int)
     lr_factor: float = option(0.1, "lr multiplier at each milestone", training=True)
-    augment: bool = option(True, "random crop (4-pixel padding) + horizontal flip", training=True, cli="flag")
+    augment: bool = option(True, "random crop (4-pixel padding) + horizontal flip; image folders: RandomResizedCrop "
+                                 "+ horizontal flip", training=True, cli="flag")
     seed: int = option(0, "seed of the initialisation, masks, shuffling and augmentation", training=True)
     bn_init: str | None = option(None, "BN init of OpenLTH-style models: uniform (their default), fixed, oneone, "
                                        "positivenegative (refused for models without it, e.g. nf_*)", training=True)
@@ -105,8 +124,15 @@ class Config:
 
     def __post_init__(self) -> None:
         self.also = tuple(self.also)
+        if self.recipe is None:
+            self.recipe = "imagenet" if self.dataset == "imagefolder" else "cifar"
+        if self.recipe not in RECIPES:
+            raise RfprobeError(f"unknown --recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        for name in ("epochs", "batch_size", "lr", "warmup_epochs"):
+            if getattr(self, name) is None:
+                setattr(self, name, RECIPES[self.recipe][name])
         if self.milestones is None:
-            self.milestones = scaled_milestones(self.epochs)
+            self.milestones = scaled_milestones(self.epochs, self.recipe)
         self.milestones = tuple(sorted(int(m) for m in self.milestones))
         for name in ("mean", "std"):
             if isinstance(getattr(self, name), list):
@@ -130,7 +156,8 @@ class Config:
         for name, value in positive.items():
             if value < 1:
                 raise RfprobeError(f"--{name} must be at least 1, got {value}")
-        for name, value in {"eval-every": self.eval_every, "save-every": self.save_every}.items():
+        for name, value in {"eval-every": self.eval_every, "save-every": self.save_every,
+                            "warmup-epochs": self.warmup_epochs, "workers": self.workers or 0}.items():
             if value < 0:
                 raise RfprobeError(f"--{name} must be 0 (never) or positive, got {value}")
         for name, value in {"lr": self.lr, "momentum": self.momentum, "weight-decay": self.weight_decay,
@@ -138,6 +165,12 @@ class Config:
             if not value >= 0:
                 raise RfprobeError(f"--{name} must be non-negative, got {value}")
         check_build_options(self.arch, self.model_options())
+        if self.image_size is not None and (self.dataset != "imagefolder" or self.image_size < 1):
+            raise RfprobeError(f"--image-size applies to --dataset imagefolder and must be at least 1, got "
+                               f"{self.image_size} on {self.dataset}")
+        if self.dataset == "imagefolder" and not self.data_root:
+            raise RfprobeError("--dataset imagefolder needs --data-root DIR: DIR/train and DIR/val, each with one "
+                               "sub-folder of images per class")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise RfprobeError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
@@ -175,8 +208,10 @@ class Config:
         return "lr " + ", ".join(spans) + f" (milestones {', '.join(map(str, self.milestones)) or 'none'})"
 
     def lr_at(self, epoch: int) -> float:
-        """lr * lr_factor ** (number of milestones <= epoch), epoch counted from 0 (MultiStepLR's rule)."""
-        return self.lr * self.lr_factor ** sum(1 for m in self.milestones if m <= epoch)
+        """lr * lr_factor ** (number of milestones <= epoch), epoch counted from 0 (MultiStepLR's rule), times
+        (epoch + 1) / warmup_epochs during the warm-up."""
+        warm = (epoch + 1) / self.warmup_epochs if epoch < self.warmup_epochs else 1.0
+        return self.lr * warm * self.lr_factor ** sum(1 for m in self.milestones if m <= epoch)
 
     def hparams(self) -> dict:
         """Every field as a JSON-able value (tuples become lists), for the checkpoint's `hparams`."""

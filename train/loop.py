@@ -1,10 +1,10 @@
-"""One training epoch and one evaluation, with data resident on the device as tensors."""
+"""One training epoch and one evaluation, with data resident on the device as tensors, or streamed from an image
+folder through DataLoader workers (`rfprobe.imagefolder.TrainImages`)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -43,27 +43,61 @@ def epoch_plan(n: int, generator: torch.Generator, augmenting: bool):
     return order, draws
 
 
+def _streamed_steps(data: Data, order: torch.Tensor, ctx: Context, batch_size: int, per_rank: int, steps: int,
+                    augmenting: bool, seed: int, epoch: int):
+    """(uint8 x, y) per step of an image-folder epoch: this rank's slice of each global batch of `order`,
+    decoded and augmented by `data.workers` DataLoader processes (`TrainImages`); files that do not decode are
+    dropped from their batch with one line each."""
+    from rfprobe.imagefolder import TrainImages
+    from rfprobe.loading import warn
+
+    items = TrainImages(data.x, data.x.transform.crop, seed, epoch, augmenting)
+    order = order.cpu()
+    plan = [order[step * batch_size + ctx.rank * per_rank:][:per_rank].tolist() for step in range(steps)]
+    loader = torch.utils.data.DataLoader(items, batch_sampler=plan, num_workers=data.workers,
+                                         pin_memory=ctx.device.type == "cuda",
+                                         prefetch_factor=2 if data.workers else None)
+    for x, y, errors in loader:
+        if any(errors):
+            for error in filter(None, errors):
+                warn(f"{error}; skipped")
+            keep = torch.tensor([not e for e in errors])
+            x, y = x[keep], y[keep]
+            if not len(y):
+                continue
+        yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+
+
 def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: torch.Generator, ctx: Context, *,
                 batch_size: int, augmenting: bool = True, amp: bool = True, channels_last: bool = False,
-                progress: bool = False, description: str = "") -> dict:
-    """One pass over `data` (resident on the device) in global batches of `batch_size` (the last partial
-    batch is dropped); rank r takes the r-th contiguous slice of each global batch. Returns train
-    loss/accuracy over all ranks, images seen, and seconds."""
+                progress: bool = False, description: str = "", seed: int = 0, epoch: int = 0) -> dict:
+    """One pass over `data` (resident on the device, or an image folder streamed) in global batches of
+    `batch_size` (the last partial batch is dropped); rank r takes the r-th contiguous slice of each global
+    batch. `seed` and `epoch` seed an image folder's per-image augmentation. Returns train loss/accuracy over
+    all ranks, images seen, and seconds."""
     start = time.perf_counter()
     model.train()
     n = len(data)
     steps = n // batch_size
     per_rank = batch_size // ctx.world
-    augmenting = augmenting and data.x.dtype == torch.uint8 and data.x.dim() == 4
-    order, draws = epoch_plan(n, generator, augmenting)
-    totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
-    totals[2] = steps * per_rank
-    for step in track(range(steps), steps, description, enabled=progress):
-        lo = step * batch_size + ctx.rank * per_rank
-        index = order[lo:lo + per_rank]
-        x, y = data.x[index], data.y[index]
-        if augmenting:
-            x = augment.crop_flip(x, *(d[lo:lo + per_rank] for d in draws))
+    if data.streamed:
+        order = torch.randperm(n, generator=generator, device=generator.device)
+        batches_of = _streamed_steps(data, order, ctx, batch_size, per_rank, steps, augmenting, seed, epoch)
+    else:
+        augmenting = augmenting and data.x.dtype == torch.uint8 and data.x.dim() == 4
+        order, draws = epoch_plan(n, generator, augmenting)
+
+        def resident():
+            for step in range(steps):
+                lo = step * batch_size + ctx.rank * per_rank
+                index = order[lo:lo + per_rank]
+                x = data.x[index]
+                yield (augment.crop_flip(x, *(d[lo:lo + per_rank] for d in draws)) if augmenting else x), data.y[index]
+
+        batches_of = resident()
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device if data.streamed else data.x.device)
+    for x, y in track(batches_of, steps, description, enabled=progress, unit=per_rank):
+        totals[2] += y.shape[0]
         x = prepare(x, data, channels_last)
         with autocast(ctx.device, amp):
             logits = model(x)
@@ -88,11 +122,12 @@ def evaluate(model: nn.Module, data: Data, ctx: Context, *, batch_size: int = 50
     model.eval()
     n = len(data)
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
-    shard = replace(data, x=data.x[lo:hi], y=data.y[lo:hi])
-    totals = torch.zeros(3, dtype=torch.float64, device=data.x.device)
-    totals[2] = hi - lo
+    shard = data.select(slice(lo, hi))
+    device = ctx.device if data.streamed else data.x.device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
     with torch.inference_mode(), autocast(ctx.device, amp):
-        for x, y in batches(shard, batch_size, data.x.device):
+        for x, y in batches(shard, batch_size, device):
+            totals[2] += y.shape[0]
             if x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             logits = model(x).float()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rfprobe.checkpoint import load_checkpoint, save_checkpoint
 from rfprobe.data import Data, load_dataset
 from rfprobe.errors import RfprobeError
+from rfprobe.imagefolder import DEFAULT_CROP, default_transform
 from rfprobe.models import architecture_options, build_model
 from rfprobe.normalization import Normalization
 from rfprobe.trainable import Trainable, apply, select
@@ -56,9 +57,14 @@ def _say(ctx: distributed.Context, message: str) -> None:
 def _load_data(config: Config, ctx: distributed.Context):
     def load():
         train = load_dataset(config.dataset, "train", root=config.data_root, download=config.download, limit=config.limit,
-                             strict=config.strict)
+                             strict=config.strict, workers=config.workers)
         test = load_dataset(config.dataset, "test", root=config.data_root, download=config.download,
-                            limit=config.test_limit, strict=config.strict)
+                            limit=config.test_limit, strict=config.strict, workers=config.workers)
+        if train.streamed and train.source == test.source:
+            raise RfprobeError(f"--data-root {config.data_root}: training needs DIR/train and DIR/val (or test), each "
+                               "with one sub-folder of images per class; found class folders at the top only")
+        if train.classes != test.classes:
+            raise RfprobeError(f"--data-root {config.data_root}: the train and test splits have different class folders")
         return train, test
 
     if config.download and ctx.world > 1:  # one rank downloads, the others read what it wrote
@@ -146,10 +152,16 @@ def _build(config: Config, ctx: distributed.Context, out: Path, source: Path | N
     normalization = config.input_normalization()
     train_data, test_data = (d.with_normalization(normalization) for d in _load_data(config, ctx))
     num_classes = len(train_data.classes)
-    example_shape = tuple(train_data.x.shape[1:])
     outside = architecture_options(config.arch) is None  # torchvision, timm, user code: any input size they take
+    example_shape = tuple(train_data.x.shape[1:])
+    if train_data.streamed and outside:
+        example_shape = (3, config.image_size or DEFAULT_CROP, config.image_size or DEFAULT_CROP)
     model = build_model(config.arch, num_classes, seed=config.seed,
                         input_shape=config.input_shape or (example_shape if outside else None), **config.model_options())
+    if train_data.streamed:
+        crop = config.image_size or int(model.rfprobe_input_shape[-1])
+        transform = default_transform(crop, source="trainer")
+        train_data, test_data = (replace(d, x=d.x.with_transform(transform)) for d in (train_data, test_data))
     if tuple(model.rfprobe_input_shape) != tuple(train_data.x.shape[1:]):
         raise RfprobeError(f"{config.arch} takes inputs of shape {tuple(model.rfprobe_input_shape)}, but {config.dataset} "
                            f"examples have shape {tuple(train_data.x.shape[1:])}")
@@ -235,7 +247,8 @@ def _loop(config: Config, ctx: distributed.Context, run: Run) -> None:
         run.optimizer.set_lr(lr)
         stats = train_epoch(run.runner, run.train_data, run.optimizer, run.generator, ctx, batch_size=config.batch_size,
                             amp=run.amp, augmenting=config.augment, channels_last=run.channels_last,
-                            progress=config.progress and ctx.main, description=f"epoch {epoch + 1}/{epochs}")
+                            progress=config.progress and ctx.main, description=f"epoch {epoch + 1}/{epochs}",
+                            seed=data_seed(config.seed), epoch=epoch)
         done = epoch + 1
         last = done == epochs
         evaluated = bool(config.eval_every) and (done % config.eval_every == 0 or last)
