@@ -192,9 +192,10 @@ def load_imagefolder(root: str | os.PathLike | None, split: str = "test", transf
     from rfprobe.data import Data
     from rfprobe.normalization import PRESETS
 
-    if root is None:
-        raise DataError("--dataset imagefolder needs --data-root DIR: a folder with one sub-folder of images per class "
-                        "(or DIR/train and DIR/val holding those)")
+    root = root if root is not None else os.environ.get("RFPROBE_DATA")
+    if not root:
+        raise DataError("--dataset imagefolder needs --data-root DIR (or $RFPROBE_DATA): a folder with one sub-folder "
+                        "of images per class (or DIR/train and DIR/val holding those)")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist or is not a directory")

@@ -3,6 +3,7 @@ stderr line each) and data options (validated before anything is loaded, normali
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from dataclasses import dataclass, replace
@@ -120,7 +121,7 @@ class DataOptions:
             raise RfprobeError(f"--workers must be 0 or more, got {self.workers}")
         if self.dataset not in (None, "imagefolder") and (self.image_size or self.resize):
             raise RfprobeError(f"--image-size and --resize apply to --dataset imagefolder, not {self.dataset}")
-        if self.dataset == "imagefolder" and self.root is None:
+        if self.dataset == "imagefolder" and self.root is None and not os.environ.get("RFPROBE_DATA"):
             raise RfprobeError("--dataset imagefolder needs --data-root DIR: a folder with one sub-folder of images "
                                "per class (or DIR/train and DIR/val holding those)")
         from_options(self.normalization, self.mean, self.std)

@@ -151,7 +151,8 @@ def test_streamed_pass_equals_the_pass_on_the_decoded_tensors_in_memory(folder, 
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
-def test_bad_folders_are_refused_in_one_line_before_any_work(folder, tmp_path):
+def test_bad_folders_are_refused_in_one_line_before_any_work(folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("RFPROBE_DATA", raising=False)
     with pytest.raises(RfprobeError, match="needs --data-root"):
         DataOptions(dataset="imagefolder")
     with pytest.raises(RfprobeError, match="--image-size and --resize apply to --dataset imagefolder"):
@@ -168,7 +169,8 @@ def test_bad_folders_are_refused_in_one_line_before_any_work(folder, tmp_path):
         load_dataset("imagefolder", root=copy)
 
 
-def test_cli_sparsity_on_an_image_folder(folder, tmp_path, capsys):
+def test_cli_sparsity_on_an_image_folder(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RFPROBE_DATA", raising=False)
     ckpt = tmp_path / "r8.pt"
     save_checkpoint(ckpt, build_model("cifar_resnet_8", seed=0), dataset="cifar10")
     out = tmp_path / "sparsity.zarr"
@@ -248,12 +250,15 @@ def test_trainer_on_an_image_folder_resumes_bitwise(split_folder, tmp_path, monk
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
-def test_trainer_refuses_a_folder_without_splits(folder, tmp_path):
+def test_trainer_refuses_a_folder_without_splits(folder, tmp_path, monkeypatch):
     from train import Config
     from train.run import train
 
     with pytest.raises(RfprobeError, match="training needs DIR/train and DIR/val"):
         train(Config(arch="cifar_resnet_8_4", dataset="imagefolder", data_root=str(folder), epochs=1,
                      out=str(tmp_path / "run"), progress=False))
-    with pytest.raises(RfprobeError, match="needs --data-root"):
-        Config(arch="cifar_resnet_8_4", dataset="imagefolder").validate()
+    monkeypatch.delenv("RFPROBE_DATA", raising=False)
+    with pytest.raises(RfprobeError, match=r"needs --data-root DIR \(or \$RFPROBE_DATA\)"):
+        train(Config(arch="cifar_resnet_8_4", dataset="imagefolder", epochs=1, out=str(tmp_path / "run2"),
+                      progress=False))
+    assert not (tmp_path / "run2").exists()

@@ -114,3 +114,30 @@ def test_mlp_nobn_is_linear_relu_layers_computed_by_hand():
     torch.testing.assert_close(model.eval()(x), h @ linears[-1].weight.T + linears[-1].bias)
     with pytest.raises(RfprobeError, match="mlp_3x8_nobn does not use --bn-init"):
         build_model("mlp_3x8_nobn", 4, bn_init="fixed")
+
+
+def test_imagenet_resnets_have_torchvision_layout_openlth_init_and_load_openlth_state_dicts(tmp_path):
+    """imagenet_resnet_18/50 have exactly torchvision's resnet18/50 module names and shapes; W scales every stage;
+    OpenLTH's init (BN gamma ~ U[0, 1], beta 0); a state dict saved the way OpenLTH saves one (its model wrapped
+    as `model`, so every key starts `model.`) loads with --arch and computes what its source computes."""
+    import torchvision
+
+    from rfprobe.checkpoint import load_checkpoint
+
+    for depth in (18, 50):
+        ours = build_model(f"imagenet_resnet_{depth}", 1000, seed=0).state_dict()
+        theirs = getattr(torchvision.models, f"resnet{depth}")().state_dict()
+        assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in theirs.items()]
+    model = build_model("imagenet_resnet_18_16", 7, seed=1).eval()
+    assert model.rfprobe_input_shape == (3, 224, 224)
+    assert model.layer4[1].conv2.weight.shape == (128, 128, 3, 3) and model.fc.weight.shape == (7, 128)
+    gammas = torch.cat([m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    betas = torch.cat([m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert 0 <= float(gammas.min()) and float(gammas.max()) <= 1 and float(gammas.std()) > 0.2 and not betas.any()
+    path = tmp_path / "openlth_model_ep2.pth"
+    torch.save({f"model.{k}": v for k, v in model.state_dict().items()}, path)
+    loaded = load_checkpoint(path, arch="imagenet_resnet_18_16")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(x), model(x), rtol=0, atol=0)
+    assert loaded.num_classes == 7

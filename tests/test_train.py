@@ -257,3 +257,20 @@ def test_skip_init_gain_sets_the_nf_skip_gain_and_is_recorded(tmp_path, capsys, 
     err = cli_error(main, ["nf_resnet_8_4", "--bn-init", "fixed", "--dataset", "synthetic", "--out", str(tmp_path / "x")])
     assert "nf_resnet_8_4 does not use --bn-init (it takes skip_init_gain, dropout)" in err
     assert Config(arch="nf_resnet_8_4").bn_init is None and Config(arch="cifar_resnet_8").bn_init == "uniform"
+
+
+def test_evaluation_reports_top5_accuracy_as_counted_by_hand():
+    """test_top5: the fraction of examples whose label is among the 5 largest logits (here the inputs themselves,
+    through an identity model), against a count with numpy's argsort."""
+    from rfprobe.data import Data
+    from rfprobe.normalization import PRESETS
+    from train.distributed import Context
+    from train.loop import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 12, generator=g)
+    labels = torch.randint(0, 12, (300,), generator=g)
+    data = Data("points", "test", logits, labels, tuple(map(str, range(12))), PRESETS["none"], "test")
+    got = evaluate(torch.nn.Identity(), data, Context(0, 1, torch.device("cpu")), batch_size=64, amp=False)
+    top5 = (logits.numpy().argsort(1)[:, -5:] == labels.numpy()[:, None]).any(1).mean()
+    assert got["test_top5"] == pytest.approx(top5, abs=1e-12) and 0 < got["test_acc"] < got["test_top5"] < 1

@@ -168,9 +168,6 @@ class Config:
         if self.image_size is not None and (self.dataset != "imagefolder" or self.image_size < 1):
             raise RfprobeError(f"--image-size applies to --dataset imagefolder and must be at least 1, got "
                                f"{self.image_size} on {self.dataset}")
-        if self.dataset == "imagefolder" and not self.data_root:
-            raise RfprobeError("--dataset imagefolder needs --data-root DIR: DIR/train and DIR/val, each with one "
-                               "sub-folder of images per class")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise RfprobeError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:

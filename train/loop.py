@@ -117,14 +117,15 @@ def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: t
 
 def evaluate(model: nn.Module, data: Data, ctx: Context, *, batch_size: int = 500, amp: bool = True,
              channels_last: bool = False) -> dict:
-    """Mean cross-entropy and accuracy over `data` with the model in eval mode; each rank evaluates a
-    contiguous shard and the sums are added over ranks."""
+    """Mean cross-entropy, accuracy and top-5 accuracy (the label among the 5 largest logits; ImageNet's usual
+    figure) over `data` with the model in eval mode; each rank evaluates a contiguous shard and the sums are added
+    over ranks."""
     model.eval()
     n = len(data)
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
     shard = data.select(slice(lo, hi))
     device = ctx.device if data.streamed else data.x.device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     with torch.inference_mode(), autocast(ctx.device, amp):
         for x, y in batches(shard, batch_size, device):
             totals[2] += y.shape[0]
@@ -133,6 +134,8 @@ def evaluate(model: nn.Module, data: Data, ctx: Context, *, batch_size: int = 50
             logits = model(x).float()
             totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
             totals[1] += (logits.argmax(1) == y).sum()
+            totals[3] += (logits.topk(min(5, logits.shape[1]), 1).indices == y[:, None]).any(1).sum()
     sum_all(ctx, totals)
-    loss_sum, correct, count = totals.tolist()
-    return {"test_loss": loss_sum / max(count, 1), "test_acc": correct / max(count, 1)}
+    loss_sum, correct, count, top5 = totals.tolist()
+    return {"test_loss": loss_sum / max(count, 1), "test_acc": correct / max(count, 1),
+            "test_top5": top5 / max(count, 1)}

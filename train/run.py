@@ -22,7 +22,7 @@ from train.config import Config, to_toml
 from train.loop import evaluate, train_epoch
 from train.optim import MaskedSGD
 
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "test_top5")
 
 
 def data_seed(seed: int) -> int:
@@ -252,7 +252,7 @@ def _loop(config: Config, ctx: distributed.Context, run: Run) -> None:
         done = epoch + 1
         last = done == epochs
         evaluated = bool(config.eval_every) and (done % config.eval_every == 0 or last)
-        test = test_metrics() if evaluated else {"test_loss": None, "test_acc": None}
+        test = test_metrics() if evaluated else {"test_loss": None, "test_acc": None, "test_top5": None}
         history.append({"epoch": done, "lr": lr, **stats, **test})
         _say(ctx, _summary(history[-1], epochs))
         if ctx.main:

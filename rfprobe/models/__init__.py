@@ -176,6 +176,18 @@ def _cifar_resnet(m, num_classes, bn_init="uniform"):
     return model
 
 
+@register(r"imagenet_resnet_(\d+)(?:_(\d+))?", "imagenet_resnet_D[_W]",
+          "OpenLTH ImageNet ResNet (torchvision's layout), depth D in 18, 34, 50, 101, 152, 200, width W (default 64)",
+          input_shape=lambda m, options: (3, 224, 224), shape=lambda m: (int(m.group(1)), int(m.group(2) or 64)),
+          names=("imagenet_resnet_18", "imagenet_resnet_50"))
+def _imagenet_resnet(m, num_classes, bn_init="uniform"):
+    from rfprobe.models.imagenet_resnet import ImageNetResNet
+
+    model = ImageNetResNet(int(m.group(1)), int(m.group(2) or 64), num_classes)
+    init_openlth_(model, bn_init)
+    return model
+
+
 @register(r"cifar_vgg_(\d+)", "cifar_vgg_{11,13,16,19}", "OpenLTH CIFAR VGG with BatchNorm",
           shape=lambda m: (int(m.group(1)), 64), names=("cifar_vgg_11", "cifar_vgg_16"))
 def _cifar_vgg(m, num_classes, bn_init="uniform"):
