@@ -400,7 +400,7 @@ def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | No
                  strict: bool = False, workers: int | None = None) -> Data:
     """Load one split of a dataset by name (see the module docstring); `limit` keeps the first N examples.
     `seed`, `n` and `noise` apply to the generated datasets only; `strict` refuses a CIFAR split smaller than
-    published (`check_cifar`); `workers`: decoding processes of an image folder (default min(8, CPUs))."""
+    published (`check_cifar`); `workers`: decoding processes of an image folder (default min(8, CPUs - 1))."""
     check_split(split)
     check_dataset_name(name)
     if limit is not None and limit < 1:
@@ -420,8 +420,11 @@ def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | No
 
 
 def default_workers() -> int:
-    """DataLoader workers for an image folder when `--workers` is not given: min(8, usable CPUs)."""
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """DataLoader workers for an image folder when `--workers` is not given: min(8, usable CPUs - 1), at least 1,
+    leaving a core to the model (on 2 cores, 2 workers made a pass 1.33x a bare evaluation, 1 worker 1.05x:
+    bench/bench_imagefolder.py, docs/perf.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
 
 
 def normalize(x: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -22,7 +22,7 @@ DATA_OPTIONS = (
     Option("data_root", None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)", type=Optional[Path]),
     Option("download", False, "download CIFAR through torchvision if missing (needs internet)"),
     Option("split", "test", "train or test"),
-    Option("workers", None, "imagefolder: DataLoader processes decoding images (default min(8, CPUs); 0 decodes "
+    Option("workers", None, "imagefolder: DataLoader processes decoding images (default min(8, CPUs - 1); 0 decodes "
                             "in this process)", type=Optional[int]),
     Option("image_size", None, "imagefolder: centre-crop size (default: the model's own evaluation transform, "
                                "else its input size)", type=Optional[int]),

@@ -71,7 +71,7 @@ class Config:
     image_size: int | None = option(None, "imagefolder: the training crop (RandomResizedCrop) and evaluation crop "
                                           "(default: the model's input size, else 224)", training=True)
     workers: int | None = option(None, "imagefolder: DataLoader processes decoding images in each training process "
-                                       "(default min(8, CPUs))")
+                                       "(default min(8, CPUs - 1))")
     data_root: str | None = option(None, "data directory (default $RFPROBE_DATA, else ~/.cache/rfprobe)")
     download: bool = option(False, "download CIFAR through torchvision if missing", cli="flag")
     out: str | None = option(None, "run directory (default runs/<arch>_<mode>_<dataset>_s<seed>)")
