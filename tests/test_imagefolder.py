@@ -262,3 +262,37 @@ def test_trainer_refuses_a_folder_without_splits(folder, tmp_path, monkeypatch):
         train(Config(arch="cifar_resnet_8_4", dataset="imagefolder", epochs=1, out=str(tmp_path / "run2"),
                       progress=False))
     assert not (tmp_path / "run2").exists()
+
+
+def test_compare_streams_an_image_folder_in_parallel_jobs(folder, tmp_path):
+    """`rfprobe compare` over two checkpoints with --jobs 2: each job process streams the folder through its own
+    DataLoader worker; each checkpoint's store equals the pass run alone on it."""
+    from rfprobe import open_study
+
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"r8-{seed}.pt")
+        save_checkpoint(paths[-1], build_model("cifar_resnet_8", seed=seed), dataset="cifar10")
+    out = tmp_path / "study"
+    result = CliRunner().invoke(app, ["compare", *map(str, paths), "--passes", "sparsity", "--dataset", "imagefolder",
+                                      "--data-root", str(folder), "--workers", "1", "--jobs", "2", "--limit", "60",
+                                      "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    stored = open_study(out).load()["sparsity"].ds
+    assert stored.sizes["checkpoint"] == 2
+    alone = sparsity.run(load_model(paths[1]), streamed_limited(folder, paths[1], 60), batch_size=500)
+    np.testing.assert_array_equal(stored["zero_fraction"].isel(checkpoint=1).values, alone["zero_fraction"].values)
+    assert stored.attrs["image_folder_images"] == 60 and stored.attrs["image_folder"] == str(folder.resolve())
+
+
+def load_model(path):
+    from rfprobe.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).model.eval()
+
+
+def streamed_limited(folder, path, limit):
+    from rfprobe.checkpoint import load_checkpoint
+
+    options = DataOptions(dataset="imagefolder", root=str(folder), limit=limit, workers=0)
+    return options.for_checkpoint(load_checkpoint(path), options.load())
