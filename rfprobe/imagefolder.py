@@ -168,6 +168,19 @@ def _split_folder(root: Path, split: str) -> Path:
     return root
 
 
+def _imagenet_names(base: Path, classes: Sequence[str]) -> tuple[str, ...]:
+    """ImageNet's class names for its wnid folders where torchvision's parsed devkit (`DIR/meta.bin`, written by
+    `torchvision.datasets.ImageNet`) lies beside them: `n01440764` -> `tench`; else the folder names."""
+    meta = base / "meta.bin"
+    if not meta.is_file():
+        return tuple(classes)
+    try:
+        wnid_to_names, _ = torch.load(meta, weights_only=True)
+    except Exception:  # a foreign or damaged meta.bin: keep the folder names rather than fail the run
+        return tuple(classes)
+    return tuple(wnid_to_names[c][0] if c in wnid_to_names and wnid_to_names[c] else c for c in classes)
+
+
 def _not_an_image(path: str) -> str | None:
     """Why the file is not an image by its first bytes (None if it looks like one)."""
     try:
@@ -200,6 +213,10 @@ def load_imagefolder(root: str | os.PathLike | None, split: str = "test", transf
     if not base.is_dir():
         raise DataError(f"image folder {base} does not exist or is not a directory")
     folder = _split_folder(base, split)
+    if folder == base and (base / "ILSVRC2012_img_val.tar").is_file():
+        raise DataError(f"{base} holds ImageNet's archives, not its images: unpack them once with "
+                        f"torchvision.datasets.ImageNet('{base}', split='val') (it writes {base}/val/<wnid>/ and meta.bin); "
+                        "rfprobe does not unpack archives")
     try:
         classes, class_to_idx = find_classes(str(folder))
     except FileNotFoundError:
@@ -217,8 +234,8 @@ def load_imagefolder(root: str | os.PathLike | None, split: str = "test", transf
         raise DataError(f"{bad[0][0]} {bad[0][1]}{more}: not an image; move it out of {folder} and rerun")
     source = ImageFolderSource(str(folder.resolve()), files, np.array([label for _, label in samples], dtype=np.int64),
                                transform or default_transform())
-    return Data("imagefolder", split, source, torch.as_tensor(source.labels), tuple(classes), PRESETS["imagenet"],
-                str(folder.resolve()))
+    return Data("imagefolder", split, source, torch.as_tensor(source.labels), _imagenet_names(base, classes),
+                PRESETS["imagenet"], str(folder.resolve()))
 
 
 def describe(classes: Sequence[str], source: ImageFolderSource) -> dict[str, str | int]:

@@ -296,3 +296,22 @@ def streamed_limited(folder, path, limit):
 
     options = DataOptions(dataset="imagefolder", root=str(folder), limit=limit, workers=0)
     return options.for_checkpoint(load_checkpoint(path), options.load())
+
+
+def test_imagenet_layout_names_classes_from_torchvisions_meta_and_refuses_archives(folder, tmp_path, monkeypatch):
+    """DIR/val/<wnid>/ with torchvision's parsed devkit DIR/meta.bin gives ImageNet's class names; a DIR that
+    holds only the archives is refused in one line naming how to unpack them."""
+    monkeypatch.delenv("RFPROBE_DATA", raising=False)
+    root = tmp_path / "imagenet"
+    for wnid, source in (("n01440764", "class_0"), ("n01443537", "class_1")):
+        shutil.copytree(folder / source, root / "val" / wnid)
+    torch.save(({"n01440764": ("tench", "Tinca tinca"), "n01443537": ("goldfish", "Carassius auratus")}, []),
+               root / "meta.bin")
+    data = load_dataset("imagefolder", "test", root=root)
+    assert data.classes == ("tench", "goldfish") and len(data) == 2 * PER_CLASS
+    assert data.source.endswith("val")
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    (archives / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(RfprobeError, match="holds ImageNet's archives, not its images"):
+        load_dataset("imagefolder", "test", root=archives)
