@@ -131,8 +131,8 @@ def test_imagenet_resnets_have_torchvision_layout_openlth_init_and_load_openlth_
     model = build_model("imagenet_resnet_18_16", 7, seed=1).eval()
     assert model.rfprobe_input_shape == (3, 224, 224)
     assert model.layer4[1].conv2.weight.shape == (128, 128, 3, 3) and model.fc.weight.shape == (7, 128)
-    gammas = torch.cat([m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
-    betas = torch.cat([m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    gammas = torch.cat([m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    betas = torch.cat([m.bias.detach() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
     assert 0 <= float(gammas.min()) and float(gammas.max()) <= 1 and float(gammas.std()) > 0.2 and not betas.any()
     path = tmp_path / "openlth_model_ep2.pth"
     torch.save({f"model.{k}": v for k, v in model.state_dict().items()}, path)
