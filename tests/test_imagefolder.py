@@ -315,3 +315,36 @@ def test_imagenet_layout_names_classes_from_torchvisions_meta_and_refuses_archiv
     (archives / "ILSVRC2012_img_val.tar").write_bytes(b"")
     with pytest.raises(RfprobeError, match="holds ImageNet's archives, not its images"):
         load_dataset("imagefolder", "test", root=archives)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_an_image_folder_equal_one(split_folder, tmp_path):
+    """DDP on an image folder (2 CPU processes, gloo, --sync-bn, NCHW: see test_train_ddp for the tolerance): each
+    rank streams its slice of every global batch, and the weights equal one process's on the same global batches."""
+    import subprocess
+    import sys
+
+    from rfprobe.checkpoint import load_checkpoint
+    from train import Config
+    from train.run import train
+
+    clean = tmp_path / "folder"
+    shutil.copytree(split_folder, clean)
+    (clean / "train" / "c1" / "truncated.jpg").unlink()  # a dropped image would make the ranks' batches uneven
+    argv = ["cifar_resnet_8_4", "--mode", "all", "--dataset", "imagefolder", "--data-root", str(clean), "--workers",
+            "1", "--batch-size", "16", "--epochs", "1", "--lr", "0.05", "--save-every", "0", "--threads", "1",
+            "--no-progress", "--sync-bn", "--no-channels-last"]
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "train", *argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = train(Config(arch="cifar_resnet_8_4", mode="all", dataset="imagefolder", data_root=str(clean), workers=0,
+                          batch_size=16, epochs=1, lr=0.05, save_every=0, threads=1, progress=False, sync_bn=True,
+                          channels_last=False, out=str(tmp_path / "single")))
+    a, b = load_checkpoint(single / "final.pt"), load_checkpoint(out / "final.pt")
+    assert b.hparams["world_size"] == 2 and b.metrics["test_acc"] == pytest.approx(a.metrics["test_acc"], abs=1 / 24)
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        if x.is_floating_point():
+            torch.testing.assert_close(y, x, rtol=0, atol=2e-3, msg=name)
+        else:
+            assert torch.equal(x, y), name
