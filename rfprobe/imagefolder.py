@@ -65,7 +65,8 @@ def default_transform(image_size: int | None = None, resize: int | None = None, 
 
 def resolve_transform(model, image_size: int | None = None, resize: int | None = None) -> EvalTransform:
     """The evaluation transform for `model`: `--image-size` / `--resize` where given, else the model's own
-    (timm's data config, torchvision's weights' transforms), else its input size with resize = size / 0.875."""
+    (timm's data config, torchvision's weights' transforms; both scaled to the model's input size where it was
+    built for another), else its input size with resize = size / 0.875."""
     crop, size, interpolation, source = None, None, "bilinear", "default"
     arch = str(getattr(model, "rfprobe_arch", ""))
     if getattr(model, "pretrained_cfg", None) is not None:
@@ -86,8 +87,10 @@ def resolve_transform(model, image_size: int | None = None, resize: int | None =
             interpolation, source = preset.interpolation.value, "torchvision weights"
         except (ValueError, AttributeError, TypeError):
             pass
+    shape = tuple(getattr(model, "rfprobe_input_shape", ()) or ())
+    if crop is not None and len(shape) == 3 and int(shape[-1]) != crop:  # built for another size (--input-shape)
+        crop, size, source = int(shape[-1]), round(int(shape[-1]) * size / crop), f"{source}, scaled to the model's input"
     if crop is None:
-        shape = tuple(getattr(model, "rfprobe_input_shape", ()) or ())
         crop = int(shape[-1]) if len(shape) == 3 else DEFAULT_CROP
         size = round(crop / CROP_FRACTION)
         source = "model input size" if len(shape) == 3 else "default"

@@ -124,6 +124,8 @@ def test_transform_is_the_models_own_else_its_input_size(model):
     assert resolve_transform(model, image_size=48).describe() == "resize 55 (bilinear), centre crop 48 (options)"
     tv = build_model("torchvision:resnet18", 10)
     assert (resolve_transform(tv).resize, resolve_transform(tv).crop) == (256, 224)
+    small = build_model("torchvision:resnet18", 10, input_shape=(3, 64, 64))
+    assert (resolve_transform(small).resize, resolve_transform(small).crop) == (73, 64)
 
 
 def test_sparsity_on_a_streamed_folder_equals_an_independent_loop(folder, model, capsys):
