@@ -181,9 +181,9 @@ def test_cli_on_a_max_pool_vgg(tmp_path):
     save_checkpoint(vgg, build_model("cifar_vgg_11", seed=0), dataset="synthetic")
     out = tmp_path / "vgg.zarr"
     result = CliRunner().invoke(app, ["partition", str(vgg), "--dataset", "synthetic", "--limit", "4",
-                                      "--segments", "2", "--kinds", "radius", "--radius", "0.05", "--exact-points", "0",
-                                      "--probes", "4", "--lc-points", "1", "--jitter-batches", "0",
-                                      "--slice-max-regions", "5", "--slice-resolution", "4", "--out", str(out),
+                                      "--segments", "1", "--kinds", "radius", "--radius", "0.02", "--exact-points", "0",
+                                      "--probes", "2", "--lc-points", "1", "--jitter-batches", "0",
+                                      "--slice-max-regions", "2", "--slice-resolution", "4", "--out", str(out),
                                       "--plot", str(tmp_path / "vgg.png"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "vgg.png").stat().st_size > 10_000
