@@ -461,7 +461,7 @@ def _streamed_batches(data: Data, batch_size: int, device: torch.device, shuffle
     """`batches` of an image folder: decoded by `data.workers` DataLoader processes (pinned memory on CUDA), a
     few batches ahead, so memory holds a few batches, not the dataset. Files that do not decode are dropped from
     their batch, named in one line each and recorded (`ImageFolderSource.skipped`)."""
-    from rfprobe.loading import warn
+    from rfprobe.imagefolder import drop_undecodable
 
     source = data.x
     loader = torch.utils.data.DataLoader(
@@ -469,13 +469,6 @@ def _streamed_batches(data: Data, batch_size: int, device: torch.device, shuffle
         num_workers=data.workers, pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=2 if data.workers else None)
     for x, y, errors in loader:
-        failed = [e for e in errors if e]
-        if failed:
-            for error in failed:
-                warn(f"{error}; skipped")
-            source.skipped.extend(failed)
-            keep = torch.tensor([not e for e in errors])
-            x, y = x[keep], y[keep]
-            if not len(y):
-                continue
-        yield normalize(x.to(device, non_blocking=True), data.mean, data.std, dtype), y.to(device)
+        x, y = drop_undecodable(x, y, errors, source.skipped)
+        if len(y):
+                yield normalize(x.to(device, non_blocking=True), data.mean, data.std, dtype), y.to(device)

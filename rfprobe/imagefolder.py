@@ -161,6 +161,23 @@ def decode(path: str, label: int, transform, crop: int) -> tuple[torch.Tensor, i
         return torch.zeros((3, crop, crop), dtype=torch.uint8), label, f"{path}: {error}"
 
 
+def drop_undecodable(x: torch.Tensor, y: torch.Tensor, errors: Sequence[str],
+                     skipped: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoded batch without the images that did not decode (`errors` non-empty, as `decode` reports them):
+    each is named in one line on stderr and appended to `skipped` when given."""
+    failed = [error for error in errors if error]
+    if not failed:
+        return x, y
+    from rfprobe.loading import warn
+
+    for error in failed:
+        warn(f"{error}; skipped")
+    if skipped is not None:
+        skipped.extend(failed)
+    keep = torch.tensor([not error for error in errors])
+    return x[keep], y[keep]
+
+
 def _split_folder(root: Path, split: str) -> Path:
     """`root/val` (or test, validation) for the test split and `root/train` for train where they exist and hold
     class folders, else `root` itself."""

@@ -48,8 +48,7 @@ def _streamed_steps(data: Data, order: torch.Tensor, ctx: Context, batch_size: i
     """(uint8 x, y) per step of an image-folder epoch: this rank's slice of each global batch of `order`,
     decoded and augmented by `data.workers` DataLoader processes (`TrainImages`); files that do not decode are
     dropped from their batch with one line each."""
-    from rfprobe.imagefolder import TrainImages
-    from rfprobe.loading import warn
+    from rfprobe.imagefolder import TrainImages, drop_undecodable
 
     items = TrainImages(data.x, data.x.transform.crop, seed, epoch, augmenting)
     order = order.cpu()
@@ -58,14 +57,9 @@ def _streamed_steps(data: Data, order: torch.Tensor, ctx: Context, batch_size: i
                                          pin_memory=ctx.device.type == "cuda",
                                          prefetch_factor=2 if data.workers else None)
     for x, y, errors in loader:
-        if any(errors):
-            for error in filter(None, errors):
-                warn(f"{error}; skipped")
-            keep = torch.tensor([not e for e in errors])
-            x, y = x[keep], y[keep]
-            if not len(y):
-                continue
-        yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        x, y = drop_undecodable(x, y, errors)
+        if len(y):
+            yield x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
 
 
 def train_epoch(model: nn.Module, data: Data, optimizer: MaskedSGD, generator: torch.Generator, ctx: Context, *,

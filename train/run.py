@@ -252,7 +252,7 @@ def _loop(config: Config, ctx: distributed.Context, run: Run) -> None:
         done = epoch + 1
         last = done == epochs
         evaluated = bool(config.eval_every) and (done % config.eval_every == 0 or last)
-        test = test_metrics() if evaluated else {"test_loss": None, "test_acc": None, "test_top5": None}
+        test = test_metrics() if evaluated else {k: None for k in METRICS if k.startswith("test_")}
         history.append({"epoch": done, "lr": lr, **stats, **test})
         _say(ctx, _summary(history[-1], epochs))
         if ctx.main:

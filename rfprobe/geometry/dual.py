@@ -73,9 +73,12 @@ class PoolWindow:
 
     def windows(self, h: torch.Tensor, fill: float) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H_out, W_out, K): every window's entries, padding read as `fill`."""
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        if ph or pw:
-            h = F.pad(h, (pw, pw, ph, ph), value=fill)
+        ph, pw = self.padding
+        return self.unfold(F.pad(h, (pw, pw, ph, ph), value=fill) if ph or pw else h)
+
+    def unfold(self, h: torch.Tensor) -> torch.Tensor:
+        """The windows of an already padded (B, C, H, W) tensor, as (B, C, H_out, W_out, K)."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
         return h.unfold(2, kh, sh).unfold(3, kw, sw).flatten(-2)
 
 
@@ -276,12 +279,11 @@ class MaxPool(Step):
         h = args[0]
         mask = masks[self.layer]
         if isinstance(h, Box):
-            (kh, kw), (sh, sw) = self.window.kernel, self.window.stride
             cropped = _crop_window(h, self.window.kernel, self.window.stride, self.window.padding, self.out_shape)
             if cropped is None:
                 return None
             window, oy0, ox0 = cropped
-            w = window.unfold(2, kh, sh).unfold(3, kw, sw).flatten(-2)
+            w = self.window.unfold(window)
             mask = mask[:, oy0:oy0 + w.shape[2], ox0:ox0 + w.shape[3]]
         else:
             w = self.window.windows(h, 0.0)

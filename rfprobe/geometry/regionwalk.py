@@ -98,7 +98,6 @@ class SegmentState:
         for j in changed:
             self.minima[j] = self._minimum(j)
 
-
     def _new_argmax(self, t_star: float, layer: int, unit: int) -> None:
         """Pair unit `unit` of a max-pool becomes its window's argmax: the window's forms become z_i - z_j."""
         window = self.windows[layer]

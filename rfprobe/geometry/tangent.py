@@ -176,8 +176,8 @@ class Tangent:
         pre, inputs, layers = [], [], []
         for depth, item in enumerate(order):
             if not isinstance(item, ActivationSite):
-                layers.append(Layer(_pool_site(item, depth, layers), (), 0, window=1))
                 window = max_pool_window(item, modules.get(item.target) if item.op == "call_module" else None)
+                layers.append(Layer(_pool_site(item, depth, layers), (), 0, window=int(np.prod(window.kernel))))
                 with graph.graph.inserting_after(item):
                     pre.append(graph.graph.call_function(max_pool_pairs, (item.all_input_nodes[0], window.kernel,
                                                                           window.stride, window.padding)))
@@ -216,7 +216,6 @@ class Tangent:
         for layer, z in zip(layers, zs):
             layer.shape = tuple(z.shape[1:])
             if layer.is_pool:
-                layer.window = layer.shape[-1]
                 layer.site = replace(layer.site, n_channels=layer.shape[0])
             layer.offset = offset
             offset += layer.size
@@ -225,10 +224,6 @@ class Tangent:
         tf.n_units = offset
         tf.program = Program(graph, [layer.site.node for layer in layers], tf.input_shape, dtype, device)
         return tf
-
-    @property
-    def has_pools(self) -> bool:
-        return any(layer.is_pool for layer in self.layers)
 
     # ------------------------------------------------------------ forward passes
 
