@@ -17,7 +17,7 @@ STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,san
 color:#222;padding:0 1em}h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.2em}
 img{max-width:100%;border:1px solid #eee}table.prov{border-collapse:collapse;font-size:.85em}
 table.prov td,table.prov th{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
-table.prov th{background:#f4f4f4}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
+table.prov th{background:#f4f4f4}table.num td{text-align:right}table.num td:first-child{text-align:left}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
 pre{font-size:.8em;line-height:1.25;overflow-x:auto;background:#fafafa;padding:.6em;border:1px solid #eee}"""
 
 PROVENANCE_COLUMNS = ("label", "path", "sha256", "arch", "mode", "epoch", "seed", "dataset", "normalization")
@@ -44,6 +44,24 @@ def tables_html(tables) -> str:
     for table in tables:
         console.print(table)
     return console.export_html(inline_styles=True, code_format="<pre>{code}</pre>")
+
+
+def key_table_html(tree: xr.DataTree) -> str:
+    """The study's key numbers per group (rfprobe.study.groups.key_table) as an HTML table: the group, its
+    number of runs, then mean ± sd over its runs' latest checkpoints for each number ("" where the study lacks
+    it)."""
+    from rfprobe.study.groups import key_table
+
+    names, rows = key_table(tree)
+    if not rows:
+        return ""
+    head = "<th>group</th><th>runs</th>" + "".join(f"<th>{html.escape(n)} (%)</th>" for n in names)
+    body = []
+    for label, n, cells in rows:
+        body.append(f"<tr><td>{html.escape(label)}</td><td>{n}</td>" + "".join(
+            f"<td>{'' if c is None else html.escape(c.text(count=False))}</td>"
+            for c in cells) + "</tr>")
+    return f'<table class="prov num"><tr>{head}</tr>{"".join(body)}</table>'
 
 
 def provenance_html(records: dict[str, dict], tree: xr.DataTree) -> str:
@@ -75,7 +93,7 @@ def provenance_html(records: dict[str, dict], tree: xr.DataTree) -> str:
 def build(out: str | os.PathLike) -> str:
     """The report of the study in `out` as one HTML document."""
     from rfprobe.plots import figure
-    from rfprobe.plots.study import trajectory_figure
+    from rfprobe.plots.study import STUDY_FIGURES
     from rfprobe.report_tables import study_groups, study_tables, tables
     from rfprobe.study import as_result, open_study, records, summary
 
@@ -89,10 +107,14 @@ def build(out: str | os.PathLike) -> str:
              f"Written by rfprobe {html.escape(__version__)} from <span class=mono>{html.escape(str(out / 'study.zarr'))}"
              "</span> (open it with <span class=mono>xr.open_datatree(path, engine=\"zarr\")</span>).</p>",
              "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary(tree)) + "</ul>",
-             "<h2>Headline numbers</h2>", tables_html(study_tables(tree))]
-    trajectory = trajectory_figure(tree)
-    if trajectory is not None:
-        parts += ["<h2>Over training</h2>", figure_html(trajectory, "key numbers against epoch")]
+             "<h2>Key numbers by group</h2>",
+             "<p>Runs that differ only in their seed form a group; each cell is the mean ± sd over the group's runs "
+             "at their latest checkpoint (sd blank for one run).</p>", key_table_html(tree)]
+    for title, draw, alt in STUDY_FIGURES:
+        fig = draw(tree)
+        if fig is not None:
+            parts += [f"<h2>{html.escape(title)}</h2>", figure_html(fig, alt)]
+    parts += ["<h2>Headline numbers per checkpoint</h2>", tables_html(study_tables(tree))]
     for name, node in study_groups(tree):
         ds = as_result(node.to_dataset())
         parts += [f'<h2 id="{name}">{name}</h2>', figure_html(figure(ds), f"{name} figure")]

@@ -63,6 +63,8 @@ STUDY_OPTIONS = (
     Option("passes", "all", f"comma-separated passes to run ({', '.join(REGISTRY)}), or all"),
     Option("epochs", None, "for run directories: all, or comma-separated epochs (init.pt is 0, then epoch_XXX.pt "
                            "and final.pt) instead of final.pt alone", type=Optional[str]),
+    Option("latest_only", None, "comma-separated passes run only on each run's latest checkpoint where --epochs "
+                                "selects several (a costly pass beside a trajectory, e.g. ablate)", type=Optional[str]),
     Option("jobs", 1, "checkpoints measured in parallel worker processes (CPU threads split between them)"),
     Option("merge_only", False, "only merge the stores already in the study directory (INPUT: the directory)"),
     Option("keep", False, "also keep in the study the checkpoints already under DIR/runs that this command does not "
@@ -127,7 +129,8 @@ def flatten_study_config(settings: dict, where: str, inputs: bool = False) -> di
                 raise RfprobeError(f"{where}: input must be [[input]] tables")
             flat["input_tables"] = value
         elif key in study:
-            value = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs", "input_shape") \
+            value = ",".join(map(str, value)) if isinstance(value, list) and key in ("passes", "epochs", "input_shape",
+                                                                                       "latest_only") \
                 else value
             if not (key == "arch_kwargs" and isinstance(value, dict)):  # a TOML table of keyword arguments
                 check_type(study[key], value, where)
@@ -179,4 +182,5 @@ def study_request(o: SimpleNamespace):
     build = build_options(getattr(o, "arch_kwargs", None), getattr(o, "input_shape", None))
     return Request(passes=passes, options=options, data=DataOptions.of(o, limit=None),
                    limits=limits, batch_sizes=batch_sizes, device=o.device, arch=o.arch, num_classes=o.num_classes,
-                   arch_kwargs=build["arch_kwargs"], input_shape=build["input_shape"], command=list(sys.argv))
+                   arch_kwargs=build["arch_kwargs"], input_shape=build["input_shape"], command=list(sys.argv),
+                   latest_only=tuple(p.strip() for p in (getattr(o, "latest_only", None) or "").split(",") if p.strip()))

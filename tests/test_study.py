@@ -201,7 +201,12 @@ def test_report_embeds_every_figure_and_names_every_checkpoint(study, capsys):
     text = (study / "report.html").read_text()
     tree = open_study(study)
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', text)
-    assert sorted(images) == sorted([f"{name} figure" for name in tree.children] + ["key numbers against epoch"])
+    from rfprobe.plots.study import STUDY_FIGURES
+
+    loaded = tree.load()
+    drawn = [alt for _, draw, alt in STUDY_FIGURES if draw(loaded) is not None]
+    assert "key numbers against epoch, mean and sd band" in drawn and "key numbers by group, mean and sd over seeds" in drawn
+    assert sorted(images) == sorted([f"{name} figure" for name in tree.children] + drawn)
     for record in (study / "runs").glob("*/checkpoint.json"):
         sha = json.loads(record.read_text())["sha256"]
         assert sha in text

@@ -7,6 +7,7 @@ trainer refuses, or that fails, is reported (`--status`) without stopping the ot
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +20,7 @@ from rfprobe.errors import RfprobeError
 from rfprobe.pool import run_tasks, threads_per_job
 from rfprobe.results import check_directory_writable
 from train import executors
+from train.config import TRAINING_FIELDS
 from train.grid import Run, config_dict, error_file, plan, read_spec, state
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -76,6 +78,15 @@ def train_runs(runs: list[Run], out: Path, executor: str, jobs: int, slurm: dict
     return outcome
 
 
+def study_coordinates(run: Run) -> dict:
+    """The grid values of a run that decide what is trained and are not already study coordinates (e.g.
+    weight_decay, epochs; not arch, mode, seed, nor save_every): extra coordinates of the sweep's study, so
+    its figures and tables can group runs that differ only in seed."""
+    from rfprobe.study.layout import STUDY_COORDS
+
+    return {k: v for k, v in run.varying.items() if k in TRAINING_FIELDS and k not in STUDY_COORDS}
+
+
 def analyse(spec, runs: list[Run], out: Path, executor: str, jobs: int) -> list[Path]:
     """The [analysis] study over the finished runs (one task per checkpoint through the same executor), then
     out/study.zarr and out/report.html."""
@@ -84,10 +95,12 @@ def analyse(spec, runs: list[Run], out: Path, executor: str, jobs: int) -> list[
 
     request, o = study_request_from_config(spec.analysis, f"{spec.path} [analysis]")
     study.validate(request)
-    finished = [str(r.out) for r in runs if r.config is not None and state(r, out).state == "done"]
+    done = [r for r in runs if r.config is not None and state(r, out).state == "done"]
+    finished = [str(r.out) for r in done]
+    grid_coordinates = {r.out.name: study_coordinates(r) for r in done}
     if not finished:
         return []
-    entries = study.expand_inputs(finished, study.parse_epochs(o.epochs))
+    entries = [replace(e, extra=grid_coordinates[e.run]) for e in study.expand_inputs(finished, study.parse_epochs(o.epochs))]
     tasks = [(entry, out, request) for entry in entries]
     if executor in ("local", "debug"):
         study.run_study(entries, out, request, jobs=jobs if executor == "local" else 1)

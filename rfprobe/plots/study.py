@@ -1,53 +1,249 @@
-"""Study figures drawn from study.zarr (an xarray DataTree) alone: key numbers against training epoch."""
+"""Study figures drawn from study.zarr (an xarray DataTree) alone, one per question, runs grouped by everything
+but their seed (rfprobe.study.groups): the key numbers by group with seed error bars, against epoch (mean and
+a +-1 sd band), against network depth, the pruning curves, and per BN layer against relative depth. Colour
+follows the trainable mode, line style the architecture (and any other grouping key), so legends hold one
+entry per group however many checkpoints the study has."""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-from rfprobe.plots import checkpoint_colors, plt
+from rfprobe.plots import plt
+from rfprobe.study.groups import KEY_METRICS, Metric, by_epoch, group_keys, group_labels, group_of, latest_by_group
+from rfprobe.study.merge import last_checkpoints
 
-TRAJECTORY_PANELS = (
-    ("dead", "pooled_frac_dead", "fraction of BN channels with |gamma| < {t}"),
-    ("sparsity", "pooled_dead_fraction", "dead ReLU channels (never > 0)"),
-    ("sparsity", "accuracy", "accuracy"),
-)
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+MODE_ORDER = ("all", "bn", "bn+output", "norm", "norm+output", "random", "output", "gamma", "beta", "none")
+
+TRAJECTORY_METRICS = tuple(m for m in KEY_METRICS if m.group in ("dead", "sparsity"))
+"""the key numbers drawn against epoch (ablate runs at the latest checkpoints of a trajectory)"""
 
 
-def trajectory_figure(tree: xr.DataTree, thresholds=(0.01, 0.1)):
-    """Per run (colour by mode, one line per run), against epoch: the small-|gamma| fraction (dead pass,
-    all BNs) at each of `thresholds` present, the dead-channel fraction and the accuracy (sparsity pass).
-    None when no run has two epochs or neither group is in the study."""
-    panels = []
-    for group, var, title in TRAJECTORY_PANELS:
-        if group not in tree.children:
-            continue
-        ds = tree[group].to_dataset()
-        if group == "dead":
-            for t in ds["threshold"].values:
-                if any(np.isclose(t, x) for x in thresholds):
-                    panels.append((ds[var].sel(pool="all", threshold=t), title.format(t=f"{t:g}"), ds))
-        else:
-            panels.append((ds[var], title, ds))
+class Styles:
+    """Colour per trainable mode (tab10, in MODE_ORDER), line style per architecture and other grouping key;
+    `legend` gives each group once."""
+
+    def __init__(self, groups: list[tuple], keys: list[str]):
+        self.keys = keys
+        mode_at = keys.index("mode") if "mode" in keys else None
+        modes = sorted({g[mode_at] for g in groups} if mode_at is not None else {""},
+                       key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
+        cmap = plt.get_cmap("tab10")
+        self.colors = {m: cmap(i % 10) for i, m in enumerate(modes)}
+        rest = list(dict.fromkeys(self._rest(g) for g in groups))
+        self.lines = {r: LINE_STYLES[i % len(LINE_STYLES)] for i, r in enumerate(rest)}
+        self.mode_at = mode_at
+        self.labels = group_labels(groups, keys)
+
+    def _rest(self, g: tuple) -> tuple:
+        return tuple(v for k, v in zip(self.keys, g) if k != "mode")
+
+    def color(self, g: tuple):
+        return self.colors[g[self.mode_at] if self.mode_at is not None else ""]
+
+    def line(self, g: tuple):
+        return self.lines[self._rest(g)]
+
+
+def _ordered(groups) -> list[tuple]:
+    return list(dict.fromkeys(groups))
+
+
+def _metric_panels(tree: xr.DataTree, metrics=KEY_METRICS) -> list[tuple[Metric, xr.DataArray]]:
+    return [(m, v) for m in metrics if (v := m.values(tree)) is not None]
+
+
+def _finite(values) -> np.ndarray:
+    return np.asarray([v for v in values if np.isfinite(v)], float)
+
+
+def groups_figure(tree: xr.DataTree):
+    """Per key number, one bar per group (its runs' latest checkpoints): the mean over seeds, +-1 sd as an
+    error bar, each run as a dot. None when the study holds none of the key numbers."""
+    panels = _metric_panels(tree)
     if not panels:
         return None
-    runs = [str(r) for r in panels[0][2]["run"].values]
+    first = panels[0][1].to_dataset(name="_")
+    keys = group_keys(first, tree)
+    groups = _ordered(group_of(first.sel(checkpoint=list(last_checkpoints(first).values())), keys))
+    styles = Styles(groups, keys)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2, 0.42 * len(groups) + 1.2) * len(panels), 3.8),
+                             squeeze=False, layout="constrained")
+    for ax, (metric, values) in zip(axes[0], panels):
+        summary = latest_by_group(values, tree)
+        for i, g in enumerate(groups):
+            s = summary.get(g)
+            if s is None or s.n == 0:
+                continue
+            ax.bar(i, 100 * s.mean, color=styles.color(g), alpha=0.55, edgecolor="black",
+                   linestyle=styles.line(g), linewidth=0.8)
+            if s.n > 1:
+                ax.errorbar(i, 100 * s.mean, yerr=100 * s.sd, color="black", capsize=3, linewidth=1)
+            ax.plot(np.full(s.n, i) + np.linspace(-0.15, 0.15, s.n), 100 * np.asarray(s.values), ".", color="black",
+                    markersize=3)
+        ax.set_xticks(range(len(groups)), [styles.labels[g] for g in groups], rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{metric.name} (%)", fontsize=10)
+    fig.suptitle("Latest checkpoint of each run: mean ± sd over seeds (dots: runs)")
+    return fig
+
+
+def trajectory_figure(tree: xr.DataTree):
+    """Against epoch, per group: the mean over its runs (line) and +-1 sd (band) of the small-|gamma| fractions
+    (dead pass, all BNs), the dead ReLU channels and the accuracy (sparsity pass). None when no run has two
+    epochs or neither group is in the study."""
+    panels = _metric_panels(tree, TRAJECTORY_METRICS)
+    if not panels:
+        return None
+    first = panels[0][1].to_dataset(name="_")
+    runs = [str(r) for r in first["run"].values]
     if max((runs.count(r) for r in set(runs)), default=0) < 2:
         return None
-    modes = list(dict.fromkeys(str(m) for m in panels[0][2]["mode"].values))
-    colors = checkpoint_colors(modes)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False, layout="constrained")
-    for ax, (values, title, ds) in zip(axes[0], panels):
-        for run in dict.fromkeys(str(r) for r in ds["run"].values):
-            members = ds["run"].values == run
-            epochs = ds["epoch"].values[members].astype(float)
-            order = np.argsort(epochs)
-            mode = str(ds["mode"].values[members][0])
-            ax.plot(epochs[order], np.asarray(values.values, float)[members][order], marker=".", color=colors[mode],
-                    label=f"{run} ({mode})")
-        ax.set_title(title, fontsize=10)
+    keys = group_keys(first, tree)
+    groups = _ordered(group_of(first, keys))
+    styles = Styles(groups, keys)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.7), squeeze=False, layout="constrained")
+    for ax, (metric, values) in zip(axes[0], panels):
+        for g, per_epoch in by_epoch(values, tree).items():
+            epochs = np.array(list(per_epoch), float)
+            mean = 100 * np.array([s.mean for s in per_epoch.values()])
+            sd = 100 * np.array([s.sd if s.n > 1 else 0.0 for s in per_epoch.values()])
+            n = max(s.n for s in per_epoch.values())
+            ax.plot(epochs, mean, marker="." if len(epochs) < 40 else None, color=styles.color(g),
+                    linestyle=styles.line(g), label=f"{styles.labels[g]} (n={n})")
+            if n > 1:
+                ax.fill_between(epochs, mean - sd, mean + sd, color=styles.color(g), alpha=0.18, linewidth=0)
+        ax.set_title(f"{metric.name} (%)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylim(bottom=0)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Over training")
+    fig.suptitle("Over training: mean over seeds, band ±1 sd")
     return fig
+
+
+def depth_figure(tree: xr.DataTree):
+    """Against the network's depth, per group without its architecture (mode and other keys): mean +-1 sd over
+    the runs at each depth (latest checkpoints). None unless some such group has two depths."""
+    panels = _metric_panels(tree)
+    if not panels:
+        return None
+    first = panels[0][1].to_dataset(name="_")
+    if "depth" not in first.coords:
+        return None
+    keys = [k for k in group_keys(first, tree) if k not in ("arch",)]
+    finals = list(last_checkpoints(first).values())
+    latest = first.sel(checkpoint=finals)
+    depths = {}
+    for g, d in zip(group_of(latest, keys), latest["depth"].values.astype(int)):
+        depths.setdefault(g, set()).add(int(d))
+    if not any(len(d) > 1 for d in depths.values()):
+        return None
+    groups = [g for g in _ordered(group_of(latest, keys)) if len(depths[g]) > 1]
+    styles = Styles(groups, keys)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6), squeeze=False, layout="constrained")
+    for ax, (metric, values) in zip(axes[0], panels):
+        finals_here = list(last_checkpoints(values.to_dataset(name="_")).values())
+        here = values.sel(checkpoint=finals_here)
+        for g in groups:
+            points = {}
+            for gg, d, v in zip(group_of(here.to_dataset(name="_"), keys), here["depth"].values.astype(int),
+                                np.asarray(here.values, float)):
+                if gg == g:
+                    points.setdefault(int(d), []).append(v)
+            if not points:
+                continue
+            xs = sorted(points)
+            mean = [100 * _finite(points[x]).mean() for x in xs]
+            sd = [100 * _finite(points[x]).std(ddof=1) if _finite(points[x]).size > 1 else 0.0 for x in xs]
+            ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3, color=styles.color(g), linestyle=styles.line(g),
+                        label=styles.labels[g] or "runs")
+        ax.set_title(f"{metric.name} (%)", fontsize=10)
+        ax.set_xlabel("network depth")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Against depth: mean ± sd over seeds, latest checkpoints")
+    return fig
+
+
+def pruning_figure(tree: xr.DataTree):
+    """ablate's pruning curves per group (latest checkpoints): accuracy against the fraction of BN channels
+    zeroed, the smallest-|gamma| curve solid and each control curve (random, largest) in its own panel; mean
+    over runs and draws, band +-1 sd over runs of each run's mean over draws. None without ablate curves."""
+    if "ablate" not in tree.children or "curve_accuracy" not in tree["ablate"].to_dataset():
+        return None
+    ds = tree["ablate"].to_dataset()
+    finals = list(last_checkpoints(ds).values())
+    ds = ds.sel(checkpoint=finals)
+    keys = group_keys(ds, tree)
+    groups = group_of(ds, keys)
+    styles = Styles(_ordered(groups), keys)
+    curves = [str(c) for c in ds["curve"].values]
+    fractions = 100 * ds["fraction"].values.astype(float)
+    per_run = ds["curve_accuracy"].mean("draw")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 3.7), squeeze=False, layout="constrained",
+                             sharey=True)
+    for ax, curve in zip(axes[0], curves):
+        for g in _ordered(groups):
+            members = [i for i, gg in enumerate(groups) if gg == g]
+            values = 100 * np.asarray(per_run.sel(curve=curve).values, float)[members]
+            mean = np.nanmean(values, axis=0)
+            ax.plot(fractions, mean, marker=".", color=styles.color(g), linestyle=styles.line(g),
+                    label=f"{styles.labels[g]} (n={len(members)})")
+            if len(members) > 1:
+                sd = np.nanstd(values, axis=0, ddof=1)
+                ax.fill_between(fractions, mean - sd, mean + sd, color=styles.color(g), alpha=0.18, linewidth=0)
+        ax.set_title(f"channels pruned: {curve}", fontsize=10)
+        ax.set_xlabel("% of BN channels zeroed")
+    axes[0][0].set_ylabel("accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Pruning curves: mean over seeds (and random draws), band ±1 sd over seeds")
+    return fig
+
+
+def layer_figure(tree: xr.DataTree, threshold: float = 0.01):
+    """Per BN layer, the fraction of its channels with |gamma| < `threshold` (dead pass) against the layer's
+    relative depth in its own network (0 first, 1 last), per group: mean over runs, band +-1 sd. None without
+    the dead pass's per-layer fractions."""
+    if "dead" not in tree.children:
+        return None
+    ds = tree["dead"].to_dataset()
+    if "frac_dead" not in ds or "relative_depth" not in ds.coords:
+        return None
+    t = ds["threshold"].values
+    at = np.flatnonzero(np.isclose(t.astype(float), threshold))
+    if at.size == 0:
+        return None
+    finals = list(last_checkpoints(ds).values())
+    ds = ds.sel(checkpoint=finals).isel(threshold=int(at[0]))
+    keys = group_keys(ds, tree)
+    groups = group_of(ds, keys)
+    styles = Styles(_ordered(groups), keys)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
+    for g in _ordered(groups):
+        members = [i for i, gg in enumerate(groups) if gg == g]
+        depth = np.asarray(ds["relative_depth"].values, float)[members]
+        frac = 100 * np.asarray(ds["frac_dead"].values, float)[members]
+        keep = np.isfinite(depth[0]) & np.isfinite(frac[0])
+        order = np.argsort(depth[0][keep])
+        x, values = depth[0][keep][order], frac[:, keep][:, order]
+        mean = np.nanmean(values, axis=0)
+        ax.plot(x, mean, marker=".", color=styles.color(g), linestyle=styles.line(g),
+                label=f"{styles.labels[g]} (n={len(members)})")
+        if len(members) > 1:
+            sd = np.nanstd(values, axis=0, ddof=1)
+            ax.fill_between(x, mean - sd, mean + sd, color=styles.color(g), alpha=0.15, linewidth=0)
+    ax.set_xlabel("relative depth of the BN layer in its network (0 first, 1 last)")
+    ax.set_ylabel(f"% of channels with |gamma| < {threshold:g}")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Per BN layer, latest checkpoints: mean over seeds, band ±1 sd", fontsize=10)
+    return fig
+
+
+STUDY_FIGURES = (
+    ("By group", groups_figure, "key numbers by group, mean and sd over seeds"),
+    ("Over training", trajectory_figure, "key numbers against epoch, mean and sd band"),
+    ("Against depth", depth_figure, "key numbers against network depth"),
+    ("Pruning curves", pruning_figure, "accuracy against the fraction of channels pruned"),
+    ("Per BN layer", layer_figure, "small-|gamma| fraction per BN layer against relative depth"),
+)
+"""the study's own figures (title, function of the DataTree returning a figure or None, alt text), in the order
+the report shows them"""

@@ -38,6 +38,9 @@ class Entry:
     extra: dict = field(default_factory=dict)
     build: dict = field(default_factory=dict)
     """`arch_kwargs` / `input_shape` to build its model (rfprobe.loading.build_options)"""
+    latest: bool = True
+    """whether it is its run's latest checkpoint in the study (a file given alone always is); the passes of
+    `Request.latest_only` run on these only"""
 
     def describes(self) -> dict:
         """What the study was told about this checkpoint beside its file (recorded in checkpoint.json)."""
@@ -104,7 +107,7 @@ def expand_inputs(inputs: Iterable[str], epochs: str | tuple[int, ...] | None = 
     from rfprobe.checkpoint import label_of
     from rfprobe.results import unique_labels
 
-    found: list[tuple[Path, str, str]] = []
+    found: list[tuple[Path, str, str, bool]] = []
     for text in inputs:
         matches = sorted(glob.glob(text)) if GLOB_CHARS.search(text) else [text]
         if not matches:
@@ -117,7 +120,7 @@ def expand_inputs(inputs: Iterable[str], epochs: str | tuple[int, ...] | None = 
                 if epochs is None:
                     if not (path / "final.pt").exists():
                         raise RfprobeError(f"{path}: the run has no final.pt yet (give --epochs to use its epoch files)")
-                    found.append((path / "final.pt", path.name, path.name))
+                    found.append((path / "final.pt", path.name, path.name, True))
                     continue
                 files = trajectory(path)
                 chosen = files if epochs == "all" else {e: files[e] for e in epochs if e in files}
@@ -125,21 +128,22 @@ def expand_inputs(inputs: Iterable[str], epochs: str | tuple[int, ...] | None = 
                 if missing:
                     raise RfprobeError(f"{path}: no checkpoint for epoch(s) {', '.join(map(str, missing))}; it has "
                                        f"{', '.join(map(str, files)) or 'none'}")
-                found.extend((p, f"{path.name}@{e}", path.name) for e, p in chosen.items())
+                last = max(chosen, default=None)
+                found.extend((p, f"{path.name}@{e}", path.name, e == last) for e, p in chosen.items())
             elif path.exists():
                 run = path.parent.name if is_run_directory(path.parent) else path.stem
-                found.append((path, label_of(path), run))
+                found.append((path, label_of(path), run, True))
             else:
                 raise RfprobeError(f"{path}: no such checkpoint file or run directory")
     if not found:
         raise RfprobeError("no checkpoints to compare")
-    labels = unique_labels([label.replace(os.sep, "_") for _, label, _ in found])
-    return [Entry(path, label, run) for (path, _, run), label in zip(found, labels)]
+    labels = unique_labels([label.replace(os.sep, "_") for _, label, _, _ in found])
+    return [Entry(path, label, run, latest=latest) for (path, _, run, latest), label in zip(found, labels)]
 
 
-def _input_entries(base: Path, table: dict, where: str, epochs) -> list[tuple[Path, str, str, dict]]:
+def _input_entries(base: Path, table: dict, where: str, epochs) -> list[tuple[Path, str, str, dict, bool]]:
     """The checkpoints of one `[[input]]` table (its path expanded as `expand_inputs` does), each with the
-    table's facts: (path, label, run, table)."""
+    table's facts: (path, label, run, table, latest)."""
     from rfprobe.data import check_dataset_name
     from rfprobe.models import architecture_options
     from rfprobe.normalization import from_options
@@ -176,7 +180,7 @@ def _input_entries(base: Path, table: dict, where: str, epochs) -> list[tuple[Pa
     if "label" in table and len(found) > 1:
         raise RfprobeError(f"{where}: label = {table['label']!r} names one checkpoint, but {path} expands to {len(found)}")
     table = {**table, **{k: v for k, v in build.items() if v is not None}}
-    return [(e.path, table.get("label", e.label), table.get("run", e.run), table) for e in found]
+    return [(e.path, table.get("label", e.label), table.get("run", e.run), table, e.latest) for e in found]
 
 
 def expand_all(inputs: Iterable[str], tables: list[tuple[Path, dict]] = (),
@@ -186,17 +190,17 @@ def expand_all(inputs: Iterable[str], tables: list[tuple[Path, dict]] = (),
     its records, and the user's own keys as coordinates). Labels are made unique over all of them."""
     from rfprobe.results import unique_labels
 
-    found = [(e.path, e.label, e.run, {}) for e in expand_inputs(inputs, epochs)] if list(inputs) else []
+    found = [(e.path, e.label, e.run, {}, e.latest) for e in expand_inputs(inputs, epochs)] if list(inputs) else []
     for i, (base, table) in enumerate(tables):
         found += _input_entries(base, table, f"[[input]] {i + 1} ({table.get('path', 'no path')})", epochs)
     if not found:
         raise RfprobeError("no checkpoints to compare")
-    labels = unique_labels([label.replace(os.sep, "_") for _, label, _, _ in found])
-    return [Entry(path, label, run, arch=table.get("arch"), num_classes=table.get("num_classes"),
+    labels = unique_labels([label.replace(os.sep, "_") for _, label, _, _, _ in found])
+    return [Entry(path, label, run, arch=table.get("arch"), num_classes=table.get("num_classes"), latest=latest,
                   build={k: table[k] for k in ("arch_kwargs", "input_shape") if k in table},
                   given={k: table[k] for k in ("mode", "epoch", "seed", "normalization", "dataset") if k in table},
                   extra={k: v for k, v in table.items() if k not in INPUT_KEYS})
-            for (path, _, run, table), label in zip(found, labels)]
+            for (path, _, run, table, latest), label in zip(found, labels)]
 
 
 def arch_shape(arch: str) -> tuple[int, int]:

@@ -129,7 +129,7 @@ def merge(out: Path, labels: list[str] | None = None, keep: bool = False) -> xr.
         raise RfprobeError(f"{out}: no current, whole store for any of its checkpoints (rerun rfprobe compare)")
     tree = xr.DataTree.from_dict(groups)
     tree.attrs = {"rfprobe_study": 1, "passes": ", ".join(groups), "checkpoints": ", ".join(recs),
-                  "rfprobe_pass": "study", "coordinates": ", ".join((*STUDY_COORDS, *extra_keys))}
+                  "rfprobe_pass": "study", "study_coordinates": ", ".join((*STUDY_COORDS, *extra_keys))}
     path = check_writable(out / "study.zarr", True)
     with atomic_directory(path) as tmp:
         tree.to_zarr(tmp, zarr_format=ZARR_FORMAT, consolidated=True)

@@ -29,6 +29,13 @@ class Request:
     arch_kwargs: dict | None = None
     input_shape: tuple[int, ...] | None = None
     command: list[str] = field(default_factory=list)
+    latest_only: tuple[str, ...] = ()
+    """passes run only on each run's latest checkpoint (`Entry.latest`): a costly pass beside a trajectory"""
+
+    def passes_for(self, entry: Entry) -> tuple[str, ...]:
+        """The passes this request runs on `entry`: all of them on a run's latest checkpoint, else those not
+        in `latest_only`."""
+        return tuple(p for p in self.passes if entry.latest or p not in self.latest_only)
 
     def build(self, entry: Entry | None = None) -> dict:
         """How a checkpoint's model is built (`load_one`'s arch_kwargs / input_shape): the entry's `[[input]]`
@@ -75,6 +82,9 @@ def validate(request: Request) -> None:
     if unknown or not request.passes:
         raise RfprobeError(f"--passes: unknown pass(es) {', '.join(unknown) or '(none given)'}; choose from "
                            f"{', '.join(REGISTRY)}")
+    stray = [p for p in request.latest_only if p not in request.passes]
+    if stray:
+        raise RfprobeError(f"--latest-only: {', '.join(stray)} not among --passes ({', '.join(request.passes)})")
     for name in request.passes:
         p = REGISTRY[name]
         p.validate({**p.defaults(), **request.options[name]}, n_points=request.limits.get(name))

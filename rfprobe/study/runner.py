@@ -118,16 +118,17 @@ def run_entry(entry: Entry, out: Path, request: Request, threads: int | None = N
         torch.set_num_threads(threads)
     device = resolve_device(request.device)
     sha = sha256_file(entry.path)
-    fingerprints = {name: request.fingerprint(name, device.type, entry) for name in request.passes}
+    passes = request.passes_for(entry)
+    fingerprints = {name: request.fingerprint(name, device.type, entry) for name in passes}
     todo = []
-    for name in request.passes:
+    for name in passes:
         path = store_path(out, entry.label, name)
         why = store_problem(path, sha, fingerprints[name])
         if why is not None:
             todo.append(name)
             if why != "missing":
                 note(f"recomputing {path}: {why}")
-    status = {p: "skipped" for p in request.passes}
+    status = {p: "skipped" for p in passes}
     record_path = record_file(out, entry.label)
     if not todo and _record_current(record_path, sha, entry):
         return status
