@@ -176,6 +176,7 @@ def test_group_figure_bars_and_trajectory_bands_equal_the_study(sweeps):
 
     fig = trajectory_figure(tree)
     ax = next(a for a in fig.axes if a.get_title().startswith("|gamma| < 0.01"))
+    assert "cifar_resnet_8_4 none (n=2)" in [line.get_label() for line in ax.get_lines()]  # init.pt = final.pt: once
     dead = tree["dead"].to_dataset()
     line = next(line for line in ax.get_lines() if line.get_label().startswith("cifar_resnet_8_4 bn "))
     members = (dead["arch"].values == "cifar_resnet_8_4") & (dead["mode"].values == "bn")

@@ -46,6 +46,19 @@ class Styles:
         return self.lines[self._rest(g)]
 
 
+def _panels(n: int, width: float, height: float, columns: int = 3, **kwargs):
+    """A figure of `n` panels in rows of at most `columns` (so each stays legible at a page's width), the
+    unused ones hidden; returns (figure, the n axes in order)."""
+    rows = (n + columns - 1) // columns
+    cols = min(n, columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained",
+                             **kwargs)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def _ordered(groups) -> list[tuple]:
     return list(dict.fromkeys(groups))
 
@@ -68,9 +81,8 @@ def groups_figure(tree: xr.DataTree):
     keys = group_keys(first, tree)
     groups = _ordered(group_of(first.sel(checkpoint=list(last_checkpoints(first).values())), keys))
     styles = Styles(groups, keys)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2, 0.42 * len(groups) + 1.2) * len(panels), 3.8),
-                             squeeze=False, layout="constrained")
-    for ax, (metric, values) in zip(axes[0], panels):
+    fig, axes = _panels(len(panels), max(3.2, 0.42 * len(groups) + 1.2), 3.9)
+    for ax, (metric, values) in zip(axes, panels):
         summary = latest_by_group(values, tree)
         for i, g in enumerate(groups):
             s = summary.get(g)
@@ -102,8 +114,8 @@ def trajectory_figure(tree: xr.DataTree):
     keys = group_keys(first, tree)
     groups = _ordered(group_of(first, keys))
     styles = Styles(groups, keys)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.7), squeeze=False, layout="constrained")
-    for ax, (metric, values) in zip(axes[0], panels):
+    fig, axes = _panels(len(panels), 4.3, 3.7, columns=2)
+    for ax, (metric, values) in zip(axes, panels):
         for g, per_epoch in by_epoch(values, tree).items():
             epochs = np.array(list(per_epoch), float)
             mean = 100 * np.array([s.mean for s in per_epoch.values()])
@@ -116,7 +128,7 @@ def trajectory_figure(tree: xr.DataTree):
         ax.set_title(f"{metric.name} (%)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylim(bottom=0)
-    axes[0][0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.suptitle("Over training: mean over seeds, band ±1 sd")
     return fig
 
@@ -140,8 +152,8 @@ def depth_figure(tree: xr.DataTree):
         return None
     groups = [g for g in _ordered(group_of(latest, keys)) if len(depths[g]) > 1]
     styles = Styles(groups, keys)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.6), squeeze=False, layout="constrained")
-    for ax, (metric, values) in zip(axes[0], panels):
+    fig, axes = _panels(len(panels), 4.0, 3.6)
+    for ax, (metric, values) in zip(axes, panels):
         finals_here = list(last_checkpoints(values.to_dataset(name="_")).values())
         here = values.sel(checkpoint=finals_here)
         for g in groups:
@@ -159,7 +171,7 @@ def depth_figure(tree: xr.DataTree):
                         label=styles.labels[g] or "runs")
         ax.set_title(f"{metric.name} (%)", fontsize=10)
         ax.set_xlabel("network depth")
-    axes[0][0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.suptitle("Against depth: mean ± sd over seeds, latest checkpoints")
     return fig
 
@@ -179,9 +191,8 @@ def pruning_figure(tree: xr.DataTree):
     curves = [str(c) for c in ds["curve"].values]
     fractions = 100 * ds["fraction"].values.astype(float)
     per_run = ds["curve_accuracy"].mean("draw")
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.4 * len(curves), 3.7), squeeze=False, layout="constrained",
-                             sharey=True)
-    for ax, curve in zip(axes[0], curves):
+    fig, axes = _panels(len(curves), 4.4, 3.7, sharey=True)
+    for ax, curve in zip(axes, curves):
         for g in _ordered(groups):
             members = [i for i, gg in enumerate(groups) if gg == g]
             values = 100 * np.asarray(per_run.sel(curve=curve).values, float)[members]
@@ -193,8 +204,8 @@ def pruning_figure(tree: xr.DataTree):
                 ax.fill_between(fractions, mean - sd, mean + sd, color=styles.color(g), alpha=0.18, linewidth=0)
         ax.set_title(f"channels pruned: {curve}", fontsize=10)
         ax.set_xlabel("% of BN channels zeroed")
-    axes[0][0].set_ylabel("accuracy (%)")
-    axes[0][0].legend(fontsize=7)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=7)
     fig.suptitle("Pruning curves: mean over seeds (and random draws), band ±1 sd over seeds")
     return fig
 

@@ -123,13 +123,14 @@ def latest_by_group(values: xr.DataArray, tree: xr.DataTree) -> dict[tuple, Summ
 
 
 def by_epoch(values: xr.DataArray, tree: xr.DataTree) -> dict[tuple, dict[int, Summary]]:
-    """Per group and epoch, the Summary of `values` over the group's runs that have that epoch."""
+    """Per group and epoch, the Summary of `values` over the group's runs that have that epoch (one value per
+    run: a run whose init.pt and final.pt are both epoch 0, as an untrained one, counts once)."""
     keys = group_keys(values.to_dataset(name="_"), tree)
-    out: dict[tuple, dict[int, list[float]]] = {}
-    epochs = values["epoch"].values.astype(int)
-    for g, e, v in zip(group_of(values.to_dataset(name="_"), keys), epochs, np.asarray(values.values, float)):
-        out.setdefault(g, {}).setdefault(int(e), []).append(v)
-    return {g: {e: Summary.of(v) for e, v in sorted(per.items())} for g, per in out.items()}
+    out: dict[tuple, dict[int, dict[str, float]]] = {}
+    epochs, runs = values["epoch"].values.astype(int), [str(r) for r in values["run"].values]
+    for g, e, run, v in zip(group_of(values.to_dataset(name="_"), keys), epochs, runs, np.asarray(values.values, float)):
+        out.setdefault(g, {}).setdefault(int(e), {})[run] = v
+    return {g: {e: Summary.of(list(v.values())) for e, v in sorted(per.items())} for g, per in out.items()}
 
 
 def key_table(tree: xr.DataTree) -> tuple[list[str], list[tuple[str, int, list[Summary | None]]]]:

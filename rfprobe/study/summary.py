@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import xarray as xr
 
@@ -17,8 +19,10 @@ def summary(tree: xr.DataTree) -> list[str]:
     any_group = next(iter(tree.children.values())).to_dataset()
     finals = last_checkpoints(any_group)
     modes = {run: str(any_group["mode"].sel(checkpoint=label).values) for run, label in finals.items()}
-    lines = [f"{any_group.sizes['checkpoint']} checkpoints of {len(finals)} runs "
-             f"({', '.join(f'{r}: {m}' for r, m in modes.items())}); passes {', '.join(n for n in REGISTRY if n in tree.children)}"]
+    runs = (', '.join(f'{r}: {m}' for r, m in modes.items()) if len(modes) <= 8 else
+            ', '.join(f"{m}: {n} runs" for m, n in Counter(modes.values()).items()))
+    lines = [f"{any_group.sizes['checkpoint']} checkpoints of {len(finals)} runs ({runs}); "
+             f"passes {', '.join(n for n in REGISTRY if n in tree.children)}"]
 
     def by_mode(group: str, value) -> str | None:
         """Per mode: sum of numerators / sum of denominators over the mode's runs, from each run's headline
