@@ -186,6 +186,21 @@ def test_group_figure_bars_and_trajectory_bands_equal_the_study(sweeps):
         assert y == pytest.approx(100 * values.mean(), abs=1e-9) and at.sum() == 2
 
 
+def test_pruning_curves_equal_the_stores(sweeps):
+    from rfprobe.plots.study import pruning_figure
+
+    study = sweeps["bn_only_cpu"]
+    curves = independent_latest(study, "ablate", lambda ds: ds["curve_accuracy"].isel(checkpoint=0).sel(
+        curve="smallest").mean("draw").values)
+    fig = pruning_figure(open_study(study).load())
+    ax = next(a for a in fig.axes if a.get_title() == "channels pruned: smallest")
+    for line in ax.get_lines():
+        arch, mode = line.get_label().split(" (")[0].split(" ")
+        runs = np.array(curves[(arch, mode)])
+        assert line.get_ydata() == pytest.approx(100 * runs.mean(axis=0), abs=1e-9)
+    assert len(ax.get_lines()) == len(curves) == 8
+
+
 def test_report_leads_with_grouped_tables_and_figures(sweeps):
     from rfprobe.report import build
 
@@ -254,3 +269,16 @@ def test_latest_only_must_name_a_pass_of_the_study():
     request, _ = study_request_from_config({"passes": "dead", "latest_only": "ablate"}, "test")
     with pytest.raises(RfprobeError, match="--latest-only: ablate not among --passes"):
         validate(request)
+
+
+def test_numbers_quoted_from_other_docs_are_there():
+    """Sections 3 and 4 quote docs/partition_smart_init.md and docs/spp.md: each of their numbers is in the
+    doc it cites."""
+    doc = DOC.read_text()
+    for start, end, source in (("## 3. ", "## 4. ", "partition_smart_init.md"), ("## 4. ", "## Numbers", "spp.md")):
+        section = doc[doc.index(start):doc.index(end)]
+        cited = (REPO / "docs" / source).read_text()
+        numbers = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", section.split("\n", 1)[1]))
+        assert numbers, start
+        missing = sorted(n for n in numbers if n not in cited)
+        assert not missing, (source, missing)
