@@ -333,6 +333,12 @@ def claims_table(by_group: dict, ts: list[str]) -> str:
     def small(arch, mode, t):
         return [frac(r, t) for r in get(arch, mode)]
 
+    def pruned(arch, mode):
+        return [r["ablate"]["pruned"] for r in get(arch, mode) if "ablate" in r]
+
+    def randomly(arch, mode):
+        return [sum(r["ablate"]["random_draws"]) / len(r["ablate"]["random_draws"]) for r in get(arch, mode) if "ablate" in r]
+
     rows = []
     r14, r32 = "cifar_resnet_14", "cifar_resnet_32"
     for text, a, b in (
@@ -342,10 +348,14 @@ def claims_table(by_group: dict, ts: list[str]) -> str:
             ("`bn` improves with depth (R-14 -> R-32)", acc(r32, "bn"), acc(r14, "bn")),
             ("`all` above `bn` (R-14)", acc(r14, "all"), acc(r14, "bn")),
             ("`all` above `bn` (R-32)", acc(r32, "all"), acc(r32, "bn")),
-            ("more |gamma| < 0.01 after `bn` than `all` (R-14)", small(r14, "bn", "0.01"), small(r14, "all", "0.01")),
-            ("more |gamma| < 0.01 after `bn` than `all` (R-32)", small(r32, "bn", "0.01"), small(r32, "all", "0.01")),
-            ("more |gamma| < 0.1 after `bn` than `all` (R-14)", small(r14, "bn", "0.1"), small(r14, "all", "0.1")),
-            ("more |gamma| < 0.1 after `bn` than `all` (R-32)", small(r32, "bn", "0.1"), small(r32, "all", "0.1"))):
+            ("more abs(gamma) < 0.01 after `bn` than `all` (R-14)", small(r14, "bn", "0.01"), small(r14, "all", "0.01")),
+            ("more abs(gamma) < 0.01 after `bn` than `all` (R-32)", small(r32, "bn", "0.01"), small(r32, "all", "0.01")),
+            ("more abs(gamma) < 0.1 after `bn` than `all` (R-14)", small(r14, "bn", "0.1"), small(r14, "all", "0.1")),
+            ("more abs(gamma) < 0.1 after `bn` than `all` (R-32)", small(r32, "bn", "0.1"), small(r32, "all", "0.1")),
+            ("pruning abs(gamma) < 0.01 costs less than as many random channels (R-14 `bn`)",
+             pruned(r14, "bn"), randomly(r14, "bn")),
+            ("pruning abs(gamma) < 0.01 costs less than as many random channels (R-32 `bn`)",
+             pruned(r32, "bn"), randomly(r32, "bn"))):
         if a and b:
             rows.append([text, cell(a), cell(b), spread_verdict(a, b) if mean_sd(a)[0] > mean_sd(b)[0] else
                          ("opposite, " + spread_verdict(a, b))])
