@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
@@ -43,7 +42,9 @@ def trainable_counts(arch: str) -> dict[str, int]:
 
 
 def _threshold_index(values, t: float) -> int:
-    return int(np.flatnonzero(np.isclose(np.asarray(values, float), t))[0])
+    from rfprobe.study.groups import index_of
+
+    return index_of(values, float(t))
 
 
 def collect_study(directory: Path, study: str) -> list[dict]:
@@ -147,12 +148,11 @@ def collect(args) -> dict:
 # ------------------------------------------------------------------------------------------------------ tables
 
 def mean_sd(values) -> tuple[float, float, int]:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    if not v:
-        return math.nan, math.nan, 0
-    mean = sum(v) / len(v)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
-    return mean, sd, len(v)
+    """Mean, sample sd (NaN for one value) and count of the finite values (rfprobe.study.groups.Summary)."""
+    from rfprobe.study.groups import Summary
+
+    s = Summary.of([x for x in values if x is not None])
+    return s.mean, s.sd, s.n
 
 
 def cell(values, scale: float = 100.0, digits: int = 2, unit: str = "%") -> str:

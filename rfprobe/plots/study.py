@@ -10,7 +10,8 @@ import numpy as np
 import xarray as xr
 
 from rfprobe.plots import plt
-from rfprobe.study.groups import KEY_METRICS, Metric, by_epoch, group_keys, group_labels, group_of, latest_by_group
+from rfprobe.study.groups import (KEY_METRICS, Metric, Summary, by_epoch, group_keys, group_labels, group_of, index_of,
+                                  latest_by_group)
 from rfprobe.study.merge import last_checkpoints
 
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
@@ -67,8 +68,27 @@ def _metric_panels(tree: xr.DataTree, metrics=KEY_METRICS) -> list[tuple[Metric,
     return [(m, v) for m in metrics if (v := m.values(tree)) is not None]
 
 
-def _finite(values) -> np.ndarray:
-    return np.asarray([v for v in values if np.isfinite(v)], float)
+def _members(groups: list[tuple]) -> dict[tuple, list[int]]:
+    """Per group (in order of first appearance), the positions of its members in `groups`."""
+    out: dict[tuple, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g, []).append(i)
+    return out
+
+
+def _band(ax, x, mean, sd, n: int, g: tuple, styles: Styles, alpha: float = 0.18, marker="."):
+    """A group's mean against `x` as a line labelled with its number of runs `n`, and +-1 sd as a band when
+    n > 1."""
+    ax.plot(x, mean, marker=marker, color=styles.color(g), linestyle=styles.line(g),
+            label=f"{styles.labels[g]} (n={n})")
+    if n > 1:
+        ax.fill_between(x, mean - sd, mean + sd, color=styles.color(g), alpha=alpha, linewidth=0)
+
+
+def _runs_band(ax, x, values: np.ndarray, g: tuple, styles: Styles, alpha: float = 0.18):
+    """`_band` of a (runs, points) array: the mean over runs and their sample sd (n - 1)."""
+    n = len(values)
+    _band(ax, x, np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1) if n > 1 else None, n, g, styles, alpha)
 
 
 def groups_figure(tree: xr.DataTree):
@@ -120,11 +140,8 @@ def trajectory_figure(tree: xr.DataTree):
             epochs = np.array(list(per_epoch), float)
             mean = 100 * np.array([s.mean for s in per_epoch.values()])
             sd = 100 * np.array([s.sd if s.n > 1 else 0.0 for s in per_epoch.values()])
-            n = max(s.n for s in per_epoch.values())
-            ax.plot(epochs, mean, marker="." if len(epochs) < 40 else None, color=styles.color(g),
-                    linestyle=styles.line(g), label=f"{styles.labels[g]} (n={n})")
-            if n > 1:
-                ax.fill_between(epochs, mean - sd, mean + sd, color=styles.color(g), alpha=0.18, linewidth=0)
+            _band(ax, epochs, mean, sd, max(s.n for s in per_epoch.values()), g, styles,
+                  marker="." if len(epochs) < 40 else None)
         ax.set_title(f"{metric.name} (%)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylim(bottom=0)
@@ -156,17 +173,17 @@ def depth_figure(tree: xr.DataTree):
     for ax, (metric, values) in zip(axes, panels):
         finals_here = list(last_checkpoints(values.to_dataset(name="_")).values())
         here = values.sel(checkpoint=finals_here)
+        points: dict[tuple, dict[int, list[float]]] = {}
+        for gg, d, v in zip(group_of(here.to_dataset(name="_"), keys), here["depth"].values.astype(int),
+                            np.asarray(here.values, float)):
+            points.setdefault(gg, {}).setdefault(int(d), []).append(v)
         for g in groups:
-            points = {}
-            for gg, d, v in zip(group_of(here.to_dataset(name="_"), keys), here["depth"].values.astype(int),
-                                np.asarray(here.values, float)):
-                if gg == g:
-                    points.setdefault(int(d), []).append(v)
-            if not points:
+            if g not in points:
                 continue
-            xs = sorted(points)
-            mean = [100 * _finite(points[x]).mean() for x in xs]
-            sd = [100 * _finite(points[x]).std(ddof=1) if _finite(points[x]).size > 1 else 0.0 for x in xs]
+            xs = sorted(points[g])
+            summaries = [Summary.of(points[g][x]) for x in xs]
+            mean = [100 * s.mean for s in summaries]
+            sd = [100 * s.sd if s.n > 1 else 0.0 for s in summaries]
             ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3, color=styles.color(g), linestyle=styles.line(g),
                         label=styles.labels[g] or "runs")
         ax.set_title(f"{metric.name} (%)", fontsize=10)
@@ -178,8 +195,8 @@ def depth_figure(tree: xr.DataTree):
 
 def pruning_figure(tree: xr.DataTree):
     """ablate's pruning curves per group (latest checkpoints): accuracy against the fraction of BN channels
-    zeroed, the smallest-|gamma| curve solid and each control curve (random, largest) in its own panel; mean
-    over runs and draws, band +-1 sd over runs of each run's mean over draws. None without ablate curves."""
+    zeroed, a panel per curve (smallest |gamma|, random, largest); mean over runs and draws, band +-1 sd over
+    runs of each run's mean over draws. None without ablate curves."""
     if "ablate" not in tree.children or "curve_accuracy" not in tree["ablate"].to_dataset():
         return None
     ds = tree["ablate"].to_dataset()
@@ -193,15 +210,9 @@ def pruning_figure(tree: xr.DataTree):
     per_run = ds["curve_accuracy"].mean("draw")
     fig, axes = _panels(len(curves), 4.4, 3.7, sharey=True)
     for ax, curve in zip(axes, curves):
-        for g in _ordered(groups):
-            members = [i for i, gg in enumerate(groups) if gg == g]
-            values = 100 * np.asarray(per_run.sel(curve=curve).values, float)[members]
-            mean = np.nanmean(values, axis=0)
-            ax.plot(fractions, mean, marker=".", color=styles.color(g), linestyle=styles.line(g),
-                    label=f"{styles.labels[g]} (n={len(members)})")
-            if len(members) > 1:
-                sd = np.nanstd(values, axis=0, ddof=1)
-                ax.fill_between(fractions, mean - sd, mean + sd, color=styles.color(g), alpha=0.18, linewidth=0)
+        accuracy = 100 * np.asarray(per_run.sel(curve=curve).values, float)
+        for g, members in _members(groups).items():
+            _runs_band(ax, fractions, accuracy[members], g, styles)
         ax.set_title(f"channels pruned: {curve}", fontsize=10)
         ax.set_xlabel("% of BN channels zeroed")
     axes[0].set_ylabel("accuracy (%)")
@@ -219,29 +230,21 @@ def layer_figure(tree: xr.DataTree, threshold: float = 0.01):
     ds = tree["dead"].to_dataset()
     if "frac_dead" not in ds or "relative_depth" not in ds.coords:
         return None
-    t = ds["threshold"].values
-    at = np.flatnonzero(np.isclose(t.astype(float), threshold))
-    if at.size == 0:
+    at = index_of(ds["threshold"].values, float(threshold))
+    if at is None:
         return None
     finals = list(last_checkpoints(ds).values())
-    ds = ds.sel(checkpoint=finals).isel(threshold=int(at[0]))
+    ds = ds.sel(checkpoint=finals).isel(threshold=at)
     keys = group_keys(ds, tree)
     groups = group_of(ds, keys)
     styles = Styles(_ordered(groups), keys)
     fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
-    for g in _ordered(groups):
-        members = [i for i, gg in enumerate(groups) if gg == g]
+    for g, members in _members(groups).items():
         depth = np.asarray(ds["relative_depth"].values, float)[members]
         frac = 100 * np.asarray(ds["frac_dead"].values, float)[members]
         keep = np.isfinite(depth[0]) & np.isfinite(frac[0])
         order = np.argsort(depth[0][keep])
-        x, values = depth[0][keep][order], frac[:, keep][:, order]
-        mean = np.nanmean(values, axis=0)
-        ax.plot(x, mean, marker=".", color=styles.color(g), linestyle=styles.line(g),
-                label=f"{styles.labels[g]} (n={len(members)})")
-        if len(members) > 1:
-            sd = np.nanstd(values, axis=0, ddof=1)
-            ax.fill_between(x, mean - sd, mean + sd, color=styles.color(g), alpha=0.15, linewidth=0)
+        _runs_band(ax, depth[0][keep][order], frac[:, keep][:, order], g, styles, alpha=0.15)
     ax.set_xlabel("relative depth of the BN layer in its network (0 first, 1 last)")
     ax.set_ylabel(f"% of channels with |gamma| < {threshold:g}")
     ax.legend(fontsize=7, ncol=2)

@@ -16,6 +16,14 @@ UNGROUPED = ("run", "seed", "epoch", "depth", "width")
 follow from arch)"""
 
 
+def index_of(values, value) -> int | None:
+    """The position of `value` in a coordinate's `values` (a float by np.isclose, anything else by equality),
+    None when absent."""
+    values = np.asarray(values)
+    found = np.flatnonzero(np.isclose(values.astype(float), value) if isinstance(value, float) else values == value)
+    return int(found[0]) if found.size else None
+
+
 @dataclass(frozen=True)
 class Metric:
     """One key number of a checkpoint: `var` of study group `group`, at `select` (e.g. a threshold), averaged
@@ -38,11 +46,10 @@ class Metric:
         for dim, value in self.select:
             if dim not in da.dims:
                 return None
-            index = np.flatnonzero(np.isclose(da[dim].values.astype(float), value)) if isinstance(value, float) \
-                else np.flatnonzero(da[dim].values == value)
-            if index.size == 0:
+            index = index_of(da[dim].values, value)
+            if index is None:
                 return None
-            da = da.isel({dim: int(index[0])})
+            da = da.isel({dim: index})
         da = da.mean([d for d in self.mean_over if d in da.dims])
         return da if da.dims == ("checkpoint",) else None
 
