@@ -10,6 +10,11 @@ Both walks must agree (same counts, largest |dt| printed). Then `gradient_norms`
 every unit) against the former implementation (copies of the point, `torch.func.jvp`), norms compared.
 
 Run: `.venv/bin/python bench/bench_partition.py [--data-root /work/shared/data/cifar10] [--threads 1]`
+
+`--end-to-end`: instead, the pass as a user runs it, `rfprobe partition CKPT` with every option at its default,
+on a BN-only ResNet-8 (the demo's, synthetic data) and ResNet-20 (real CIFAR-10), each trained here first
+(`END_TO_END`) unless given with `--checkpoint ARCH PATH`: wall time, peak memory (the process or a walk worker,
+whichever is larger) and the seconds of each stage, on all the machine's cores.
 """
 
 from __future__ import annotations
@@ -128,18 +133,87 @@ def cifar_case(arch: str, cifar, device, segments: int, radius: float, g: torch.
     return tf, images, images + radius * direction
 
 
+END_TO_END = {
+    "cifar_resnet_8": ["cifar_resnet_8", "--mode", "bn", "--dataset", "synthetic", "--limit", "5000", "--test-limit",
+                       "2000", "--epochs", "3", "--lr", "0.5"],
+    "cifar_resnet_20": ["cifar_resnet_20", "--mode", "bn", "--dataset", "cifar10", "--limit", "5000",
+                        "--test-limit", "1000", "--epochs", "1"],
+}
+"""the end-to-end checkpoints, trained by `python -m train` with these arguments: the demo's BN-only ResNet-8 (on
+synthetic data) and a BN-only ResNet-20 after one epoch on 5,000 real CIFAR-10 images"""
+
+
+def run_measured(command: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MiB, stderr) of one command in a fresh process: `os.wait4`'s `ru_maxrss` is the
+    largest of the process and the children it waited for (the walk's workers)."""
+    import os
+    import subprocess
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read()
+    if status:
+        raise SystemExit(f"{' '.join(command)} failed:\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, err
+
+
+def end_to_end(data_root: str, only, checkpoints: dict[str, str], device: str = "auto") -> None:
+    """`rfprobe partition CKPT` with every option at its default, per network: wall time, peak memory and the
+    seconds of each stage (the result's `stage_seconds`)."""
+    import json
+    import os
+    import tempfile
+
+    import xarray as xr
+
+    env = {**os.environ, "RFPROBE_DATA": data_root}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, train_args in END_TO_END.items():
+            if only is not None and arch not in only:
+                continue
+            path = checkpoints.get(arch)
+            if path is None:
+                path = f"{tmp}/{arch}/final.pt"
+                if not any((Path(data_root) / d).is_dir() for d in ("cifar-10-batches-bin", "cifar-10-batches-py")):
+                    train_args = [a if a != "cifar10" else "synthetic" for a in train_args]
+                run_measured([sys.executable, "-m", "train", *train_args, "--data-root", data_root, "--device",
+                              device, "--out", f"{tmp}/{arch}"], env)
+            out = f"{tmp}/{arch}.zarr"
+            wall, peak, _ = run_measured([str(Path(sys.executable).with_name("rfprobe")), "partition", path,
+                                          "--device", device, "--out", out], env)
+            attrs = xr.open_zarr(out).attrs
+            rows.append((arch, wall, peak, json.loads(attrs["stage_seconds"]), attrs["walk_jobs"]))
+    stages = list(rows[0][3]) if rows else []
+    print("\n| network | wall (s) | peak RSS (MiB) | walk workers | " + " | ".join(stages) + " |")
+    print("| --- | --- | --- | --- | " + " | ".join("---" for _ in stages) + " |")
+    for arch, wall, peak, seconds, jobs in rows:
+        print(f"| {arch} | **{wall:.1f}** | {peak:.0f} | {jobs} | " + " | ".join(f"{seconds[s]:.1f}" for s in stages)
+              + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="instead: `rfprobe partition CKPT` at its defaults on a ResNet-8 and a ResNet-20 "
+                             "(wall time, peak memory, seconds per stage)")
+    parser.add_argument("--checkpoint", nargs=2, action="append", default=[], metavar=("ARCH", "PATH"),
+                        help="--end-to-end: use this checkpoint for ARCH instead of training one")
     parser.add_argument("--data-root", default="/work/shared/data/cifar10")
     parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "synthetic"),
                         help="images for the CNN cases (synthetic where real CIFAR-10 is absent)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (--end-to-end: also auto)")
     parser.add_argument("--segments", type=int, default=2, help="segments per CIFAR network")
     parser.add_argument("--radius", type=float, default=0.5, help="length of a CIFAR segment (normalised inputs)")
     parser.add_argument("--samples", type=int, default=2001, help="dense samples per CIFAR segment (0: none)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these cases (mlp_4x64, cifar_resnet_8, ...)")
     args = parser.parse_args()
+    if args.end_to_end:
+        end_to_end(args.data_root, args.only, dict(args.checkpoint), args.device)
+        return
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     device = resolve_device(args.device)

@@ -20,6 +20,8 @@ class Option:
     help: str
     type: Any = None
     flags: tuple[str, ...] = field(default=())
+    decides_result: bool = True
+    """False for how the work is done (worker processes), not what it computes: left out of a study's fingerprint"""
 
     @property
     def annotation(self):

@@ -24,7 +24,8 @@ rfprobe signal cifar_resnet_20 nf_resnet_20 --skip-init-gain 1 --batch 64 --out 
 
 step "rfprobe partition: exact linear regions of a random MLP on 2-D moons, BN statistics from the data"
 python -m train mlp_2x16 --mode none --dataset toy2d:moons --out "$OUT/runs/mlp-init"
-rfprobe partition "$OUT/runs/mlp-init/final.pt" --dataset toy2d:moons --recalibrate-bn --limit 256 --out "$R/partition.zarr" --plot "$R/partition.png"
+rfprobe partition "$OUT/runs/mlp-init/final.pt" --dataset toy2d:moons --recalibrate-bn --limit 256 \
+  --kinds train-train,point-noise,radius --slice-max-regions 2000 --slice-resolution 128 --out "$R/partition.zarr" --plot "$R/partition.png"
 
 step "rfprobe report: one self-contained HTML page of the study"
 rfprobe report "$OUT/study"

@@ -32,11 +32,16 @@ def mlp():
     return Tangent.from_model(randomise_bn(build_model("mlp_2x8", 2, seed=0)))
 
 
-@pytest.fixture(scope="module")
-def resnet():
+def small_resnet() -> Tangent:
+    """A cifar_resnet_8_2 on 8x8 inputs with BN statistics and beta away from their defaults."""
     model = randomise_bn(build_model("cifar_resnet_8_2", seed=0), seed=1)
     model.rfprobe_input_shape = (3, 8, 8)
     return Tangent.from_model(model)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return small_resnet()
 
 
 def check_walk_against_sampling(tf, a, b, samples):

@@ -14,6 +14,7 @@ from rfprobe.geometry import Tangent, walk
 from rfprobe.models import build_model
 from rfprobe.normalization import custom
 from rfprobe.passes import partition
+from rfprobe.passes.base import SEGMENT_KINDS
 from rfprobe.results import open_result, stack
 
 
@@ -112,20 +113,23 @@ def test_local_complexity_counts_a_max_pool_window_once():
 def test_run_on_an_mlp_is_consistent(moons):
     model = one_layer(8)
     data = moons.subset(300)
-    ds = partition.run(model, data, segments_per_kind=6, exact_points=3, probes=32, lc_points=8, jitter_batches=4,
-                       jitter_batch_size=32, slice_resolution=40, recalibrate=True, batch_size=128)
+    ds = partition.run(model, data, segments_per_kind=6, segment_kinds=SEGMENT_KINDS, exact_points=3, probes=32,
+                       lc_points=8, jitter_batches=4, jitter_batch_size=32, slice_resolution=40, recalibrate=True,
+                       batch_size=128)
     tf = Tangent.from_model(partition.recalibrate_bn(model, data, 128))
     x, _ = partition._points(data, 128, "cpu")
     segs = partition.segments(x, 6, 1.0, torch.Generator().manual_seed(0))
     direct = walk(tf, *segs["train-train"])
     np.testing.assert_array_equal(ds["breakpoints"].sel(segment_kind="train-train").values, direct.counts)
     assert (ds["segment_complete"] == 1).all()
-    capped = partition.run(model, data, segments_per_kind=6, exact_points=0, probes=0, lc_points=0, jitter_batches=0,
-                           slice_plane=False, recalibrate=True, batch_size=128, max_breakpoints=2)
+    capped = partition.run(model, data, segments_per_kind=6, segment_kinds=SEGMENT_KINDS, exact_points=0, probes=0,
+                           lc_points=0, jitter_batches=0, slice_plane=False, recalibrate=True, batch_size=128,
+                           max_breakpoints=2)
     np.testing.assert_array_equal(capped["breakpoints"].values, np.minimum(ds["breakpoints"].values, 2))
     np.testing.assert_array_equal(capped["segment_complete"].values, ds["breakpoints"].values < 2)
     density = ds["breakpoints"].sum("segment") / ds["segment_length"].sum("segment")
     np.testing.assert_allclose(ds["breakpoint_density"].values, density.values)
+    np.testing.assert_array_equal(ds["segment_walked"].values, 1.0)
     np.testing.assert_allclose(ds["exact_distance"].values, ds["exact_distance_layer"].min("layer").values)
     # one layer of 8 lines through the data mean: a line meets at most 8 + 1 regions, the box at most 37
     assert (ds["breakpoints"] <= 8).all() and 1 < int(ds["slice_regions"]) <= 37 and int(ds["slice_complete"]) == 1

@@ -268,6 +268,31 @@ def test_the_study_data_cache_is_bounded_and_keyed_by_the_data_folder(monkeypatc
     assert len(study._DATA_CACHE.items) == study._DataCache.SIZE
 
 
+def test_the_study_decodes_cifar_once_whatever_each_pass_limit(monkeypatch, tmp_path):
+    from rfprobe.checkpoint import Checkpoint
+    from rfprobe.loading import DataOptions
+    from rfprobe.study import runner as study
+    from test_data import write_cifar10_both_formats
+
+    write_cifar10_both_formats(tmp_path, n_per_file=20)
+    import rfprobe.data
+
+    reads = []
+    real = rfprobe.data.load_cifar
+    monkeypatch.setattr(rfprobe.data, "load_cifar", lambda *a, **k: reads.append(a) or real(*a, **k))
+    monkeypatch.setattr(study, "_DATA_CACHE", study._DataCache())
+    ckpt = Checkpoint(path=__import__("pathlib").Path("x.pt"), sha256="0", arch="cifar_resnet_8_4", num_classes=10,
+                      model=build_model("cifar_resnet_8_4", 10, seed=0), dataset="cifar10")
+    request = study.Request(passes=("sparsity", "ablate"), options={"sparsity": {}, "ablate": {}},
+                            data=DataOptions(dataset="cifar10", root=str(tmp_path / "bin")),
+                            limits={"sparsity": 7, "ablate": 12})
+    seven = study._data_for(request, "sparsity", ckpt)
+    twelve = study._data_for(request, "ablate", ckpt)
+    whole = real("cifar10", "test", str(tmp_path / "bin"))
+    assert len(reads) == 1 and len(seven) == 7 and len(twelve) == 12
+    assert torch.equal(twelve.x, whole.x[:12]) and torch.equal(seven.y, whole.y[:7])
+
+
 def test_an_internal_bug_while_tracing_is_not_reported_as_bad_input(monkeypatch):
     import torch.fx as fx
 

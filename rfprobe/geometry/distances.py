@@ -73,21 +73,36 @@ def _image_gradient_norms(tf: Tangent, x: torch.Tensor, tile: int) -> tuple[torc
 
 
 def hutchinson_norms(tf: Tangent, x: torch.Tensor, probes: int, generator: torch.Generator | None = None,
-                     batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch: int = 256, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """For points x (N, ...): z (N, units) and the estimate sqrt(mean_j (J v_j)_k^2), v_j ~ N(0, I), of
-    ||grad z_k|| per point with `probes` directions each."""
+    ||grad z_k|| per point with `probes` directions each.
+
+    z and the activation pattern are float64; J v_j is carried through the network linearised at that pattern
+    (`Program.propagate`) in `dtype`, float32 by default: the estimate's own sampling error, ~1/sqrt(2 probes)
+    relative (9% at 64), dwarfs float32 rounding (~1e-6), and a float32 convolution on a CPU is ~8x faster than
+    a float64 one. The directions are drawn in float64, `batch // probes` points' at a time, whatever `dtype`."""
     x = tf._cast(x)
     dim = int(np.prod(tf.input_shape))
     per = max(1, batch // probes)
+    low = tf.in_dtype(dtype)
     zs_all, norms = [], []
     for start in range(0, x.shape[0], per):
         xs = x[start:start + per]
         m = xs.shape[0]
         v = torch.randn((m * probes, dim), generator=generator, dtype=tf.dtype).to(tf.device)
-        zs, dzs = tf.jvp(xs, v)
+        _, zs = tf.forward(xs)
         zs_all.append(torch.cat(zs, 1))
-        norms.append(torch.cat(dzs, 1).square().reshape(m, probes, -1).mean(1).sqrt())
-    return torch.cat(zs_all), torch.cat(norms)
+        for i in range(m):
+            masks = [(z[i] > 0).to(dtype).view(layer.shape) for z, layer in zip(zs, tf.layers)]
+            directions = v[i * probes:(i + 1) * probes].to(dtype).view(probes, *tf.input_shape)
+            with torch.no_grad():
+                changes = low.program.propagate(low.program.input, directions, masks)
+            sumsq = torch.zeros(tf.n_units, dtype=tf.dtype, device=tf.device)
+            for j, change in changes:
+                layer = tf.layers[j]
+                sumsq[layer.offset:layer.offset + layer.size] = change.reshape(probes, -1).to(tf.dtype).square().mean(0)
+            norms.append(sumsq.sqrt())
+    return torch.cat(zs_all), torch.stack(norms)
 
 
 @dataclass

@@ -413,6 +413,7 @@ class Program:
                 step = Call(node, module)
             self.steps.append(step)
         self._classify(graph, dtype, device, input_shape)
+        self.last_use = self._last_uses()
         self.layer_steps = {step.layer: step for step in self.steps if isinstance(step, (Relu, MaxPool))}
         self.downstream = {step.name: self._after(step.name) for step in self.layer_steps.values()}
 
@@ -448,13 +449,30 @@ class Program:
                 out.append(step)
         return out
 
-    def _run(self, rows: torch.Tensor, points: int, tensors: list):
+    def _run(self, rows: torch.Tensor, points: int, tensors: list, keep: bool = True):
+        """Every step on `rows`; returns every node's value (`keep`), else drops each value after its last use
+        (the peak memory of a forward, not the sum of all its activations)."""
         env = {self.input: rows}
         for step in self.steps:
             args = fx.node.map_arg(step.node.args, lambda n: env[n.name])
             kwargs = fx.node.map_arg(step.node.kwargs, lambda n: env[n.name])
             env[step.name] = step.dual(args, kwargs, points, tensors)
+            if not keep:
+                for name in self.last_use.get(step.name, ()):
+                    env.pop(name, None)
         return env
+
+    def _last_uses(self) -> dict[str, list[str]]:
+        """step -> the values no later step reads (the output node reads none that matter: its values are the
+        layers' tensors, kept in `tensors`)."""
+        last = {}
+        for step in self.steps:
+            for name in step.inputs:
+                last[name] = step.name
+        out: dict[str, list[str]] = {}
+        for name, step in last.items():
+            out.setdefault(step, []).append(name)
+        return out
 
     def dual(self, x: torch.Tensor, v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """For points x (P, ...) and directions v (P r, ...), rows i r .. i r + r - 1 belonging to point i:
@@ -463,7 +481,7 @@ class Program:
         if v.shape[0] % max(points, 1):
             raise ValueError(f"{v.shape[0]} directions for {points} points")
         tensors: list = [None] * len(self.layer_steps)
-        self._run(torch.cat([x, v]), points, tensors)
+        self._run(torch.cat([x, v]), points, tensors, keep=False)
         return ([h[:points].flatten(1) for h in tensors], [h[points:].flatten(1) for h in tensors])
 
     def response(self, layer: int, unit: int, delta: float, masks: list[torch.Tensor]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import uuid
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -154,6 +155,16 @@ class Tangent:
     """per layer: whether the graph returns the feeding conv/linear layer's input"""
     _weight_norms: list = field(default_factory=list)
     program: Program | None = None
+    source: nn.Module | None = None
+    """the float64 eval-mode model it was built from: what a pickled Tangent carries (`__reduce__`)"""
+    _other_dtypes: dict = field(default_factory=dict)
+    token: str = ""
+    """identifies this Tangent across processes: a worker rebuilds it once per token (`_rebuild`)"""
+
+    def __reduce__(self):
+        """Pickled as its source model, rebuilt (once per process and token) where it is unpickled: the fx graph
+        and its `Program` hold code generated at run time, which does not pickle."""
+        return _rebuild, (self.token, self.source, str(self.device), self.dtype)
 
     @classmethod
     def from_model(cls, model: nn.Module, device=None, dtype=torch.float64) -> "Tangent":
@@ -208,7 +219,8 @@ class Tangent:
                 graph.delete_submodule(node.target)
                 graph.add_submodule(node.target, EvalBN(modules[node.target]))
         graph.recompile()
-        tf = cls(graph, layers, tuple(model.rfprobe_input_shape), device, dtype)
+        tf = cls(graph, layers, tuple(model.rfprobe_input_shape), device, dtype, source=net_model,
+                 token=uuid.uuid4().hex)
         tf.has_input = [i is not None for i in inputs]
         with torch.no_grad():
             _, zs, _ = graph(torch.zeros((1, *tf.input_shape), device=device, dtype=dtype))
@@ -281,8 +293,27 @@ class Tangent:
         out[unit] = False
         return out
 
+    def in_dtype(self, dtype: torch.dtype) -> "Tangent":
+        """This network in another floating-point type (built once, kept)."""
+        if dtype == self.dtype:
+            return self
+        if dtype not in self._other_dtypes:
+            self._other_dtypes[dtype] = Tangent.from_model(self.source, device=self.device, dtype=dtype)
+        return self._other_dtypes[dtype]
+
     def weight_norms(self) -> list[torch.Tensor | None]:
         """||w_k|| per channel of each layer's feeding conv/linear (over its fan-in), None where there is none."""
         if not self._weight_norms:
             self._weight_norms = [None if l.weight is None else l.weight.flatten(1).norm(dim=1) for l in self.layers]
         return self._weight_norms
+
+
+_REBUILT: dict[str, Tangent] = {}
+
+
+def _rebuild(token: str, source: nn.Module, device: str, dtype: torch.dtype) -> Tangent:
+    """A pickled Tangent, rebuilt from its source model; the same token twice in one process reuses the first."""
+    if token not in _REBUILT:
+        _REBUILT.clear()
+        _REBUILT[token] = replace(Tangent.from_model(source, device=device, dtype=dtype), token=token)
+    return _REBUILT[token]

@@ -57,8 +57,10 @@ class Request:
         from rfprobe import __version__
 
         entry = entry or Entry(Path(""), "", "")
+        neutral = {o.name for o in REGISTRY[pass_name].options if not o.decides_result}
         decided = {"pass": pass_name, "pass_version": REGISTRY[pass_name].version,
-                   "options": self.options[pass_name], "rfprobe_version": __version__,
+                   "options": {k: v for k, v in self.options[pass_name].items() if k not in neutral},
+                   "rfprobe_version": __version__,
                    "arch": entry.arch or self.arch, "num_classes": entry.num_classes or self.num_classes,
                    "given": entry.given, **{k: v for k, v in self.build(entry).items() if v is not None}}
         if self.reads_data(pass_name):

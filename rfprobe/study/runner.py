@@ -64,9 +64,17 @@ class _DataCache:
 _DATA_CACHE = _DataCache()
 
 
+WHOLE_SPLIT_DATASETS = ("cifar10", "cifar100", "imagefolder")
+"""datasets whose first N examples are the first N of the whole split (CIFAR reads every file anyway; an image
+folder is listed, not decoded, when loaded), so passes with different `--limit`s share one load; a generated
+dataset (synthetic, toy2d) draws its examples for its size, so it is loaded per limit"""
+
+
 def _data_for(request: Request, pass_name: str, ckpt, entry: Entry | None = None):
     """The data a pass measures `ckpt` on, normalised for it (the entry's own dataset and normalisation
-    where its `[[input]]` table gives them); loaded once per process and dataset (`_DataCache`)."""
+    where its `[[input]]` table gives them); decoded once per process and dataset (`_DataCache`, whatever
+    each pass's `--limit`), and normalised batch by batch as a pass reads it (never stored normalised: 4x the
+    uint8 images' memory)."""
     from rfprobe.loading import default_dataset
 
     given = entry.given if entry is not None else {}
@@ -81,6 +89,9 @@ def _data_for(request: Request, pass_name: str, ckpt, entry: Entry | None = None
         key = (pass_name, dataset, options.split, root, json.dumps(o, sort_keys=True, default=str))
         data = _DATA_CACHE.get(key, lambda: p.data_input(dataset, o, split=options.split, root=options.root,
                                                          download=options.download))
+    elif dataset in WHOLE_SPLIT_DATASETS:  # read whole and cut: one read serves every pass's --limit
+        data = _DATA_CACHE.get((dataset, options.split, root, None), options.with_(limit=None).load)
+        data = data.subset(options.limit)
     else:
         key = (dataset, options.split, root, options.limit)
         data = _DATA_CACHE.get(key, options.load)

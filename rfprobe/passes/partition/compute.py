@@ -8,8 +8,8 @@ section 2; a max-pool is a layer of pair units z_j = w_argmax - w_j, `rfprobe.ge
 - `breakpoints` `(segment_kind, segment)`: the exact number of region boundaries crossed along segments
   (`train-train`: pairs of data points; `point-noise`: a data point to a N(0, I) point of the normalised
   input space; `radius`: a data point to a point at distance `radius` in a uniformly random direction),
-  `segment_length`, `breakpoint_density` (crossings per unit length, pooled), and `breakpoints_layer`
-  (crossings by the layer of the crossing unit).
+  `segment_length`, `segment_walked`, `breakpoint_density` (crossings per unit length walked, pooled), and
+  `breakpoints_layer` (crossings by the layer of the crossing unit).
 - `exact_distance` `(exact_point)`: min_k |z_k| / ||grad_x z_k|| (exact, forward mode over the input
   dimensions), per layer `exact_distance_layer` and the nearest unit's channel `exact_nearest_channel`;
   `hutchinson_distance` `(point)` (and `_layer`): the same with ||grad z_k|| estimated from `probes`
@@ -37,7 +37,11 @@ unsupervised "smart initialisation").
 from __future__ import annotations
 
 import copy
+import json
 import math
+import pickle
+import time
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -51,10 +55,13 @@ from rfprobe.data import Data, batches, normalize
 from rfprobe.errors import RfprobeError
 from rfprobe.passes.base import SEGMENT_KINDS
 from rfprobe.options import defaults
+from rfprobe.progress import counter, track
 from rfprobe.geometry import Tangent, hutchinson_norms, exact_distance, nearest, slice_partition, walk
+from rfprobe.geometry.slices import pattern_digest
 from rfprobe.report_tables import cell, checkpoint_table
 from rfprobe.results import layer_coords, provenance
 from rfprobe.graph import find_sites
+from rfprobe.memory import release_free_memory
 from rfprobe.passes.partition import DATA, OPTIONS
 
 
@@ -63,6 +70,10 @@ from rfprobe.passes.partition import DATA, OPTIONS
 LC_RADIUS = 0.005
 LC_VERTICES = 40
 HIST_EDGES = np.linspace(-4.0, 1.0, 51)
+AUTO_JOBS_UNITS = {"radius": 100_000, "long": 10_000}
+"""the size (units) from which `--jobs 0` walks segments in worker processes: with only `radius` segments (seconds
+each below 100,000 units, less than starting workers: a ResNet-8's 16 take 4 s) and with train-train or
+point-noise ones (1e4 crossings and more each)"""
 MAX_DISTANCES = 4_000_000
 """per layer, the median and histogram of unit distances use every k-th (point, unit) pair beyond this"""
 DEFINITIONS = {
@@ -70,13 +81,14 @@ DEFINITIONS = {
                        "breakpoint + 1e-9, next crossing min_k -z_k/dz_k > 0), updated only where a crossing changes z; "
                        "segments: train-train (data pairs), point-noise "
                        "(data point to N(0, I) in normalised input space), radius (data point to a point at "
-                       "distance `radius` in a uniform random direction)",
+                       "distance `radius` in a uniform random direction); breakpoint_density = breakpoints / length "
+                       "walked (a walk stopped at max_breakpoints: up to its last breakpoint)",
     "maxpool_definition": "a max-pool window (c, y, x) with entries w_1..w_K and argmax a has pair units "
                           "z_j = w_a - w_j >= 0; z_j = 0 (j != a) is an argmax change, a region boundary. Units of "
                           "a pool layer are its pair units, except local complexity, which counts windows",
     "distance_definition": "min_k |z_k| / ||grad_x z_k||, k over every ReLU input and max-pool pair unit; exact "
-                           "by forward mode over "
-                           "input dims, or Hutchinson with `probes` N(0, I) directions",
+                           "by forward mode over input dims, or Hutchinson with `probes` N(0, I) directions (z and "
+                           "the pattern in float64, J v in float32)",
     "unit_distance_definition": "|z_k| sigma_k / (|gamma_k| ||w_k||) in the layer's input space (|z_k|/||w_k|| "
                                 "without BN); data_spread = sqrt(E||h - E h||^2) over layer inputs (patches)",
     "local_complexity_definition": "units whose sign is not constant over x +- r u_i, u_i orthonormal (2n "
@@ -122,6 +134,14 @@ def recalibrate_bn(model: nn.Module, data: Data, batch_size: int = 256, device="
 # ---------------------------------------------------------------- statistics
 
 
+@contextmanager
+def _timed(seconds: dict, stage: str):
+    start = time.perf_counter()
+    yield
+    seconds[stage] = time.perf_counter() - start
+    release_free_memory()
+
+
 def _points(data: Data, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*batches(data, batch_size, device, dtype=torch.float64))
     return torch.cat(xs), torch.cat(ys)
@@ -140,30 +160,61 @@ def segments(x: torch.Tensor, n: int, radius: float, generator: torch.Generator)
     return {"train-train": (a, b), "point-noise": (a, noise), "radius": (a, a + radius * direction)}
 
 
-def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], max_breakpoints: int) -> dict:
+def walk_jobs(jobs: int, tf: Tangent, kinds: Sequence[str] = ("radius",)) -> int:
+    """Worker processes for the walks: `jobs` when given (> 0); else one per CPU core on a CPU device for a
+    network of at least `AUTO_JOBS_UNITS` units (a smaller one walks its segments faster than workers start) and
+    not inside a worker already (`rfprobe compare --jobs`), else 1. 1 also when the model does not pickle (a
+    class a worker cannot import). The pass records the number used (`walk_jobs`)."""
+    import multiprocessing
+
+    from rfprobe.pool import cores
+
+    enough = AUTO_JOBS_UNITS["radius" if set(kinds) <= {"radius"} else "long"]
+    if jobs == 0 and (tf.device.type != "cpu" or tf.n_units < enough or multiprocessing.parent_process() is not None):
+        return 1
+    jobs = jobs or cores()
+    if jobs > 1:
+        try:
+            pickle.dumps(tf.source)
+        except Exception:  # a model defined where a worker cannot import it: walk here
+            return 1
+    return jobs
+
+
+def _walk_stats(tf: Tangent, segs: dict, kinds: Sequence[str], max_breakpoints: int, jobs: int = 1,
+                progress: bool = False) -> dict:
+    """Every kind's segments walked in one pool (`walk`), so short segments fill the workers that long ones leave
+    idle. A segment stopped at `max_breakpoints` counts only the part walked, up to its last breakpoint, in
+    `breakpoint_density`."""
     n = len(next(iter(segs.values()))[0])
-    counts = np.zeros((len(kinds), n), dtype=np.int64)
-    lengths = np.zeros((len(kinds), n))
+    a = torch.cat([segs[kind][0][:n] for kind in kinds])
+    b = torch.cat([segs[kind][1][:n] for kind in kinds])
+    with counter(len(a), f"walking {len(a)} segments ({', '.join(kinds)})", progress) as advance:
+        result = walk(tf, a, b, max_breakpoints=max_breakpoints, jobs=jobs, on_segment=advance)
+    counts = result.counts.reshape(len(kinds), n)
+    lengths = result.length.reshape(len(kinds), n)
+    complete = counts < max_breakpoints
+    walked = np.array([1.0 if done else float(t[-1]) for t, done in zip(result.t, complete.flatten())])
+    walked = walked.reshape(len(kinds), n)
     by_layer = np.zeros((len(kinds), len(tf.layers)), dtype=np.int64)
-    for i, kind in enumerate(kinds):
-        result = walk(tf, *segs[kind], max_breakpoints=max_breakpoints)
-        counts[i], lengths[i] = result.counts, result.length
-        for layers in result.layer:
-            by_layer[i] += np.bincount(layers, minlength=len(tf.layers))
+    for i, layers in enumerate(result.layer):
+        by_layer[i // n] += np.bincount(layers, minlength=len(tf.layers))
     return {
         "breakpoints": (("segment_kind", "segment"), counts),
         "segment_length": (("segment_kind", "segment"), lengths),
-        "segment_complete": (("segment_kind", "segment"), (counts < max_breakpoints).astype(np.int64)),
-        "breakpoint_density": (("segment_kind",), counts.sum(1) / lengths.sum(1)),
+        "segment_complete": (("segment_kind", "segment"), complete.astype(np.int64)),
+        "segment_walked": (("segment_kind", "segment"), walked),
+        "breakpoint_density": (("segment_kind",), counts.sum(1) / (lengths * walked).sum(1)),
         "breakpoints_layer": (("segment_kind", "layer"), by_layer),
     }
 
 
 def _distance_stats(tf: Tangent, x: torch.Tensor, exact_points: int, probes: int, batch: int,
-                    generator: torch.Generator) -> dict:
+                    generator: torch.Generator, progress: bool = False) -> dict:
     out = {}
     if exact_points:
-        found = [exact_distance(tf, x[i]) for i in range(min(exact_points, x.shape[0]))]
+        n = min(exact_points, x.shape[0])
+        found = list(track((exact_distance(tf, x[i]) for i in range(n)), n, "exact distances", progress))
         spatial = np.array([layer.spatial for layer in tf.layers])
         out["exact_distance"] = (("exact_point",), np.array([f.distance for f in found]))
         out["exact_distance_layer"] = (("exact_point", "layer"), np.stack([f.layer_distance for f in found]))
@@ -173,9 +224,12 @@ def _distance_stats(tf: Tangent, x: torch.Tensor, exact_points: int, probes: int
         rows = tf.rows(max(batch, probes))
         per = max(1, rows // probes)
         found = []
-        for start in range(0, x.shape[0], per):
-            z, norms = hutchinson_norms(tf, x[start:start + per], probes, generator, batch=rows)
-            found.extend(nearest(tf, z[i], norms[i]) for i in range(z.shape[0]))
+        with counter(x.shape[0], f"distances ({probes} probes)", progress) as advance:
+            for start in range(0, x.shape[0], per):
+                z, norms = hutchinson_norms(tf, x[start:start + per], probes, generator, batch=rows)
+                for i in range(z.shape[0]):
+                    found.append(nearest(tf, z[i], norms[i]))
+                    advance()
         out["hutchinson_distance"] = (("point",), np.array([f.distance for f in found]))
         out["hutchinson_distance_layer"] = (("point", "layer"), np.stack([f.layer_distance for f in found]))
     return out
@@ -191,7 +245,7 @@ def _patches(h: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     return cols.transpose(1, 2).flatten(0, 1)
 
 
-def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
+def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int, progress: bool = False) -> dict:
     """Per layer: the median of |z| sigma / (|gamma| ||w||) over points and positions, the RMS radius of
     the layer's inputs, their ratio, and the histogram of log10(distance / spread). Beyond MAX_DISTANCES
     (point, unit) pairs in a layer, the median and histogram use a systematic subsample (every k-th)."""
@@ -210,7 +264,8 @@ def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
     distances = [[] for _ in range(n_layers)]
     steps = [max(1, math.ceil(x.shape[0] * layer.size / MAX_DISTANCES)) for layer in tf.layers]
     sums = [[0, 0.0, 0.0] for _ in range(n_layers)]
-    for start in range(0, x.shape[0], batch):
+    batch = min(batch, tf.rows())
+    for start in track(range(0, x.shape[0], batch), -(-x.shape[0] // batch), "unit distances", progress):
         _, zs, hs = tf.forward(x[start:start + batch], with_inputs=True)
         for i, layer in enumerate(tf.layers):
             if scale[i] is None:
@@ -243,14 +298,14 @@ def _unit_distance_stats(tf: Tangent, x: torch.Tensor, batch: int) -> dict:
 
 
 def local_complexity(tf: Tangent, x: torch.Tensor, generator: torch.Generator, radius: float = LC_RADIUS,
-                     vertices: int = LC_VERTICES) -> tuple[np.ndarray, np.ndarray]:
+                     vertices: int = LC_VERTICES, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per point and layer: units whose sign is not constant over the vertices x +- radius u_i
     (u_i orthonormal, random; min(vertices / 2, input dim) of them), for a max-pool the windows whose argmax is
     not constant. Returns (total (N,), per layer (N, L))."""
     dim = int(np.prod(tf.input_shape))
     half = min(vertices // 2, dim)
     per_layer = np.zeros((x.shape[0], len(tf.layers)), dtype=np.int64)
-    for i in range(x.shape[0]):
+    for i in track(range(x.shape[0]), x.shape[0], "local complexity", progress):
         u, _ = torch.linalg.qr(torch.randn((dim, half), generator=generator, dtype=torch.float64))
         u = u.T.to(tf.device)
         points = x[i].flatten() + radius * torch.cat([u, -u])
@@ -260,7 +315,7 @@ def local_complexity(tf: Tangent, x: torch.Tensor, generator: torch.Generator, r
 
 
 def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size: int, device,
-           generator: torch.Generator) -> dict:
+           generator: torch.Generator, progress: bool = False) -> dict:
     """Boundary-offset spread under BN mini-batch statistics (module docstring), per (layer, channel)."""
     net = copy.deepcopy(model).to(device=device, dtype=torch.float64).train()
     for p in net.parameters():
@@ -280,7 +335,7 @@ def jitter(model: nn.Module, tf: Tangent, data: Data, n_batches: int, batch_size
         raise RfprobeError(f"partition: --jitter-batch-size {batch_size} is larger than the data ({len(data)} points)")
     try:
         with torch.no_grad():
-            for _ in range(n_batches):
+            for _ in track(range(n_batches), n_batches, "BN jitter", progress):
                 index = torch.randperm(len(data), generator=generator)[:batch_size]
                 net(normalize(data.x[index].to(device), data.mean, data.std, torch.float64))
     finally:
@@ -330,15 +385,21 @@ def plane_for(tf: Tangent, x: torch.Tensor, y: torch.Tensor):
     return origin, plane, (-0.25, 1.25, -0.25, 1.25), np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), y[:3].cpu().numpy()
 
 
-def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int, resolution: int, batch: int) -> dict:
+def _slice_stats(tf: Tangent, x: torch.Tensor, y: torch.Tensor, max_regions: int, resolution: int, batch: int,
+                 progress: bool = False) -> dict:
     origin, plane, box, points, labels = plane_for(tf, x, y)
-    found = slice_partition(tf, origin, plane, box, max_regions=max_regions, batch=batch)
+    with counter(max_regions, f"2-D slice (up to {max_regions} regions)", progress) as advance:
+        found = slice_partition(tf, origin, plane, box, max_regions=max_regions, batch=batch, on_region=advance)
     u = np.linspace(box[0], box[1], resolution)
     v = np.linspace(box[2], box[3], resolution)
     grid = torch.as_tensor(np.stack(np.meshgrid(u, v), -1).reshape(-1, 2), dtype=torch.float64, device=tf.device)
-    pattern = tf.signs(origin.to(tf.device) + grid @ plane.to(tf.device).T, batch=tf.rows(batch)).cpu().numpy()
-    keys = [np.packbits(row).tobytes() for row in pattern]
-    raster = np.array([found.patterns.get(k, -1) for k in keys], dtype=np.int64).reshape(resolution, resolution)
+    pixels = origin.to(tf.device) + grid @ plane.to(tf.device).T
+    rows = tf.rows()
+    keys = [pattern_digest(np.packbits(row).tobytes())
+            for start in track(range(0, len(pixels), rows), -(-len(pixels) // rows), "slice raster", progress)
+            for row in tf.signs(pixels[start:start + rows], batch=rows).cpu().numpy()]
+    ids = {pattern_digest(key): i for key, i in found.patterns.items()}
+    raster = np.array([ids.get(k, -1) for k in keys], dtype=np.int64).reshape(resolution, resolution)
     edges = np.concatenate([np.stack([poly, np.roll(poly, -1, 0)], 1) for poly in found.polygons]) \
         if found.polygons else np.zeros((0, 2, 2))
     return {
@@ -361,18 +422,18 @@ _D = defaults(OPTIONS)
 notebook's `run(model, data)` and `rfprobe partition` compute the same numbers"""
 
 
-def check_options(segments_per_kind: int = _D["segments"], segment_kinds: Sequence[str] | str = SEGMENT_KINDS,
+def check_options(segments_per_kind: int = _D["segments"], segment_kinds: Sequence[str] | str = _D["kinds"],
                   radius: float = _D["radius"], max_breakpoints: int = _D["max_breakpoints"],
                   exact_points: int = _D["exact_points"], probes: int = _D["probes"], lc_points: int = _D["lc_points"],
                   jitter_batches: int = _D["jitter_batches"], jitter_batch_size: int = _D["jitter_batch_size"],
                   slice_resolution: int = _D["slice_resolution"], slice_max_regions: int = _D["slice_max_regions"],
-                  n_points: int | None = None) -> list[str]:
+                  n_points: int | None = None, jobs: int = _D["jobs"]) -> list[str]:
     """Refuse (one line) bad options before any work, also against the number of data points when known;
     returns the segment kinds (a list, or comma-separated text) in their canonical order."""
     if isinstance(segment_kinds, str):
         segment_kinds = [k.strip() for k in segment_kinds.split(",") if k.strip()]
     for name, value in (("--segments", segments_per_kind), ("--exact-points", exact_points), ("--probes", probes),
-                        ("--lc-points", lc_points), ("--jitter-batches", jitter_batches)):
+                        ("--lc-points", lc_points), ("--jitter-batches", jitter_batches), ("--jobs", jobs)):
         if value < 0:
             raise RfprobeError(f"{name} must be >= 0, got {value}")
     if jitter_batches == 1:
@@ -391,16 +452,19 @@ def check_options(segments_per_kind: int = _D["segments"], segment_kinds: Sequen
 
 
 def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int = _D["segments"],
-        segment_kinds: Sequence[str] = SEGMENT_KINDS, radius: float = _D["radius"],
+        segment_kinds: Sequence[str] | str = _D["kinds"], radius: float = _D["radius"],
         max_breakpoints: int = _D["max_breakpoints"], exact_points: int = _D["exact_points"],
         probes: int = _D["probes"], lc_points: int = _D["lc_points"], jitter_batches: int = _D["jitter_batches"],
         jitter_batch_size: int = _D["jitter_batch_size"], slice_plane: bool = _D["slice_plane"],
         slice_max_regions: int = _D["slice_max_regions"], slice_resolution: int = _D["slice_resolution"],
         recalibrate: bool = _D["recalibrate_bn"], batch_size: int = DATA["batch_size"], device="cpu",
-        seed: int = _D["seed"], command: Sequence[str] | None = None) -> xr.Dataset:
-    """All partition statistics of one model on `data` (module docstring); a count of 0 skips a statistic."""
+        seed: int = _D["seed"], jobs: int = _D["jobs"], command: Sequence[str] | None = None,
+        progress: bool = False) -> xr.Dataset:
+    """All partition statistics of one model on `data` (module docstring); a count of 0 skips a statistic.
+    `jobs`: worker processes for the segment walks (`walk_jobs`); `progress`: a bar per stage on stderr."""
     segment_kinds = check_options(segments_per_kind, segment_kinds, radius, max_breakpoints, exact_points, probes,
-                                  lc_points, jitter_batches, jitter_batch_size, slice_resolution, slice_max_regions)
+                                  lc_points, jitter_batches, jitter_batch_size, slice_resolution, slice_max_regions,
+                                  jobs=jobs)
     device = torch.device(device)
     data = data.materialized()
     if recalibrate:
@@ -412,24 +476,33 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
                            f"{tf.input_shape}; choose a matching --dataset")
     generator = torch.Generator().manual_seed(seed)
     variables: dict = {}
+    used_jobs = 0
     coords = {**layer_coords([layer.site for layer in tf.layers]),
               "channel": ("channel", np.arange(max(layer.shape[0] for layer in tf.layers))),
               "n_units": ("layer", np.array([layer.size for layer in tf.layers], dtype=np.int64))}
+    seconds: dict[str, float] = {}
     if segments_per_kind:
-        segs = segments(x, segments_per_kind, radius, generator)
-        variables.update(_walk_stats(tf, segs, segment_kinds, max_breakpoints))
+        with _timed(seconds, "walk"):
+            segs = segments(x, segments_per_kind, radius, generator)
+            used_jobs = walk_jobs(jobs, tf, segment_kinds)
+            variables.update(_walk_stats(tf, segs, segment_kinds, max_breakpoints, used_jobs, progress))
         coords["segment_kind"] = ("segment_kind", np.array(segment_kinds, dtype=object))
-    variables.update(_distance_stats(tf, x, exact_points, probes, batch_size, generator))
-    variables.update(_unit_distance_stats(tf, x, batch_size))
+    with _timed(seconds, "distances"):
+        variables.update(_distance_stats(tf, x, exact_points, probes, batch_size, generator, progress))
+    with _timed(seconds, "unit_distances"):
+        variables.update(_unit_distance_stats(tf, x, batch_size, progress))
     variables["bin_edges"] = (("bin_edge",), HIST_EDGES)
     if lc_points:
-        total, per_layer = local_complexity(tf, x[:lc_points], generator)
+        with _timed(seconds, "local_complexity"):
+            total, per_layer = local_complexity(tf, x[:lc_points], generator, progress=progress)
         variables["local_complexity"] = (("lc_point",), total)
         variables["local_complexity_layer"] = (("lc_point", "layer"), per_layer)
     if jitter_batches:
-        variables.update(jitter(model, tf, data, jitter_batches, jitter_batch_size, device, generator))
+        with _timed(seconds, "jitter"):
+            variables.update(jitter(model, tf, data, jitter_batches, jitter_batch_size, device, generator, progress))
     if slice_plane:
-        found, slice_coords = _slice_stats(tf, x, y, slice_max_regions, slice_resolution, batch_size)
+        with _timed(seconds, "slice"):
+            found, slice_coords = _slice_stats(tf, x, y, slice_max_regions, slice_resolution, batch_size, progress)
         variables.update(found)
         coords.update({k: (k, v) for k, v in slice_coords.items()})
     ds = xr.Dataset(variables, coords=coords)
@@ -440,7 +513,8 @@ def run(model: nn.Module, data: Data, *, checkpoint=None, segments_per_kind: int
         segment_kinds=", ".join(segment_kinds), radius=radius, max_breakpoints=max_breakpoints,
         exact_points=exact_points, probes=probes, lc_points=lc_points, lc_radius=LC_RADIUS,
         lc_vertices=2 * min(LC_VERTICES // 2, int(np.prod(tf.input_shape))), jitter_batches=jitter_batches,
-        jitter_batch_size=jitter_batch_size, slice_max_regions=slice_max_regions, seed=seed)
+        jitter_batch_size=jitter_batch_size, slice_max_regions=slice_max_regions, seed=seed, walk_jobs=used_jobs,
+        stage_seconds=json.dumps({k: round(v, 2) for k, v in seconds.items()}))
     return ds
 
 
@@ -475,19 +549,20 @@ def validate(options: dict, n_points: int | None = None) -> dict:
     o = options
     kinds = check_options(o["segments"], o["kinds"], o["radius"], o["max_breakpoints"], o["exact_points"], o["probes"],
                           o["lc_points"], o["jitter_batches"], o["jitter_batch_size"], o["slice_resolution"],
-                          o["slice_max_regions"], n_points=n_points)
+                          o["slice_max_regions"], n_points=n_points, jobs=o["jobs"])
     return {**options, "kinds": kinds}
 
 
 def run_checkpoint(checkpoint, data: Data, options: dict | None = None, *, batch_size: int = 64, device="cpu",
-            command=None, **_) -> xr.Dataset:
+            command=None, progress: bool = False, **_) -> xr.Dataset:
     o = validate({**defaults(OPTIONS), **(options or {})})
     return run(checkpoint.model, data, checkpoint=checkpoint, segments_per_kind=o["segments"], segment_kinds=o["kinds"],
                radius=o["radius"], max_breakpoints=o["max_breakpoints"], exact_points=o["exact_points"],
                probes=o["probes"], lc_points=o["lc_points"], jitter_batches=o["jitter_batches"],
                jitter_batch_size=o["jitter_batch_size"], slice_plane=o["slice_plane"],
                slice_max_regions=o["slice_max_regions"], slice_resolution=o["slice_resolution"],
-               recalibrate=o["recalibrate_bn"], batch_size=batch_size, device=device, seed=o["seed"], command=command)
+               recalibrate=o["recalibrate_bn"], batch_size=batch_size, device=device, seed=o["seed"], jobs=o["jobs"],
+               command=command, progress=progress)
 
 
 # ---------------------------------------------------------------- presentation and the registry entry
