@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_compare_memory import peak_rss
 
 SCRIPT_ALONE_IN_PROCESS = """
 import sys, time, torch
@@ -52,14 +52,6 @@ for name in passes:
         save_result(stack([ds], [path]), f"{path}.{name}.zarr", overwrite=True)
 print(time.perf_counter() - start)
 """
-
-
-def timed(command: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    if result.returncode:
-        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -90,8 +82,8 @@ def main() -> None:
         results: dict[str, list[float]] = {"compare": [], "alone": [], "alone, in one process": []}
 
         def run_compare(r):
-            return timed([*rfprobe, "compare", *paths, "--passes", args.passes, *data_flags, "--out",
-                          f"{tmp}/study{r}"], env)
+            return peak_rss([*rfprobe, "compare", *paths, "--passes", args.passes, *data_flags, "--out",
+                             f"{tmp}/study{r}"], env)[1]
 
         def run_alone(r):
             total = 0.0
@@ -99,16 +91,13 @@ def main() -> None:
                 for i, path in enumerate(paths):
                     p = REGISTRY[name]
                     flags = (["--dataset", dataset] if p.data_input is not None else data_flags) if p.needs_data() else []
-                    total += timed([*rfprobe, name, path, *flags, "--out", f"{tmp}/alone{r}-{name}-{i}.zarr"], env)
+                    total += peak_rss([*rfprobe, name, path, *flags, "--out", f"{tmp}/alone{r}-{name}-{i}.zarr"],
+                                      env)[1]
             return total
 
         def run_in_process(r):
-            start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", SCRIPT_ALONE_IN_PROCESS, dataset, args.data_root,
-                                  str(args.limit), args.passes, *paths], capture_output=True, text=True, env=env)
-            if out.returncode:
-                raise SystemExit(out.stderr[-3000:])
-            return time.perf_counter() - start
+            return peak_rss([sys.executable, "-c", SCRIPT_ALONE_IN_PROCESS, dataset, args.data_root, str(args.limit),
+                             args.passes, *paths], env)[1]
 
         variants = [("compare", run_compare), ("alone", run_alone), ("alone, in one process", run_in_process)]
         for r in range(args.repeats):

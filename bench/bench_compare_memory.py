@@ -22,11 +22,12 @@ from rfprobe.checkpoint import save_checkpoint
 from rfprobe.models import build_model
 
 
-def peak_rss(args: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of one command in a fresh process."""
+def peak_rss(args: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(peak RSS in MiB, wall seconds) of one command in a fresh process (`env`: default this one's with one
+    OpenMP thread). `os.wait4`'s `ru_maxrss` is the largest of the process and the children it waited for."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env=env if env is not None else {**os.environ, "OMP_NUM_THREADS": "1"})
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")

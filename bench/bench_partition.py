@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_compare_memory import peak_rss  # noqa: E402
 from reference_walk import plain_walk  # noqa: E402
 from rfprobe.data import load_dataset, resolve_device  # noqa: E402
 from rfprobe.geometry import Tangent, gradient_norms, walk  # noqa: E402
@@ -143,22 +144,6 @@ END_TO_END = {
 synthetic data) and a BN-only ResNet-20 after one epoch on 5,000 real CIFAR-10 images"""
 
 
-def run_measured(command: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, stderr) of one command in a fresh process: `os.wait4`'s `ru_maxrss` is the
-    largest of the process and the children it waited for (the walk's workers)."""
-    import os
-    import subprocess
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read()
-    if status:
-        raise SystemExit(f"{' '.join(command)} failed:\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, err
-
-
 def end_to_end(data_root: str, only, checkpoints: dict[str, str], device: str = "auto") -> None:
     """`rfprobe partition CKPT` with every option at its default, per network: wall time, peak memory and the
     seconds of each stage (the result's `stage_seconds`)."""
@@ -179,11 +164,11 @@ def end_to_end(data_root: str, only, checkpoints: dict[str, str], device: str = 
                 path = f"{tmp}/{arch}/final.pt"
                 if not any((Path(data_root) / d).is_dir() for d in ("cifar-10-batches-bin", "cifar-10-batches-py")):
                     train_args = [a if a != "cifar10" else "synthetic" for a in train_args]
-                run_measured([sys.executable, "-m", "train", *train_args, "--data-root", data_root, "--device",
-                              device, "--out", f"{tmp}/{arch}"], env)
+                peak_rss([sys.executable, "-m", "train", *train_args, "--data-root", data_root, "--device", device,
+                          "--out", f"{tmp}/{arch}"], env)
             out = f"{tmp}/{arch}.zarr"
-            wall, peak, _ = run_measured([str(Path(sys.executable).with_name("rfprobe")), "partition", path,
-                                          "--device", device, "--out", out], env)
+            peak, wall = peak_rss([str(Path(sys.executable).with_name("rfprobe")), "partition", path, "--device",
+                                   device, "--out", out], env)
             attrs = xr.open_zarr(out).attrs
             rows.append((arch, wall, peak, json.loads(attrs["stage_seconds"]), attrs["walk_jobs"]))
     stages = list(rows[0][3]) if rows else []

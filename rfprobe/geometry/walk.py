@@ -45,7 +45,8 @@ def walk(tf: Tangent, a: torch.Tensor, b: torch.Tensor, *, delta: float = 1e-9, 
     crossing only the units it changes (full evaluations when crossings merge and every `refresh` crossings).
 
     Segments are independent: with `jobs` > 1 they are walked in that many worker processes (rfprobe.pool), one
-    segment per task, each worker with its share of the CPU threads (on a CPU device only); `on_segment()` is called as each one ends."""
+    segment per task, each worker with its share of the CPU threads (on a CPU device only); `on_segment()` is
+    called as each one ends."""
     from rfprobe.pool import run_tasks, threads_per_job
 
     a, b = tf._cast(a).flatten(1), tf._cast(b).flatten(1)
